@@ -1,0 +1,292 @@
+"""
+The config system shared by prepare.py, train.py and sample.py.
+
+Each script declares its options once, as a dataclass whose fields carry a
+default and a trailing `# comment` that is the field's help. That one
+declaration drives --help, type checks, and the config saved in checkpoints.
+
+Layers, later wins: dataclass defaults < config files (python files that
+assign keys, run as trusted code, like nanoGPT's) < command line
+(`--key=value` or `--key value`). Values are parsed with ast.literal_eval,
+never eval, and checked against the field's type. Mistakes are UserErrors:
+one line that names the key, no traceback.
+"""
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import os
+import re
+import sys
+import types
+import typing
+
+
+class UserError(Exception):
+    """A mistake by the user (bad flag, missing file): shown as one line, exit code 2."""
+
+
+def run(main):
+    """Call main() and turn user mistakes into a one-line error and a non-zero exit."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------------------
+# types: what a field accepts, and how a string from the command line becomes it
+
+def _type_name(tp):
+    if tp is type(None):
+        return "None"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return origin.__name__
+    return {int: "an integer", float: "a number", bool: "True or False", str: "a string"}.get(tp, tp.__name__)
+
+
+def _coerce(value, tp):
+    """Return value converted to type tp, or raise ValueError."""
+    if tp is typing.Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg)
+            except ValueError:
+                pass
+        raise ValueError
+    if tp is type(None):
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        raise ValueError
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return value.lower() in ("true", "yes", "1")
+        raise ValueError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 1e4 is a fine iteration count
+            return int(value)
+        raise ValueError
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (typing.Any,)
+        if isinstance(value, (str, int, float)):
+            value = [value]  # a single value is a list of one
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        return [_coerce(v, item_tp) for v in value]
+    if origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ValueError
+    raise TypeError(f"unsupported config type {tp}")
+
+
+_BOOL_WORDS = ("true", "false", "yes", "no", "1", "0")
+
+
+def _accepts(tp, value):
+    try:
+        return _coerce(value, tp) == value
+    except (ValueError, TypeError):
+        return False
+
+
+def _parse_literal(text):
+    """'32' -> 32, 'True' -> True, "['a']" -> ['a'], anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+# ---------------------------------------------------------------------------
+# the config dataclass: fields, types and help text
+
+def _fields(cls):
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def field_help(cls):
+    """Help for each field, read from the trailing comment on its line in the class source."""
+    helps = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        for line in inspect.getsource(klass).splitlines():
+            m = re.match(r"\s+(\w+)\s*:[^#]*?#\s?(.*)$", line)
+            if m:
+                helps[m.group(1)] = m.group(2).strip()
+    return helps
+
+
+def _default(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def format_help(cls, prog, usage):
+    helps = field_help(cls)
+    lines = [f"usage: {prog} {usage}", "", (cls.__doc__ or "").strip(), "", "options (default, meaning):"]
+    for f in dataclasses.fields(cls):
+        lines.append(f"  --{f.name}={_default(f)!r}".ljust(40) + " " + helps.get(f.name, ""))
+    return "\n".join(lines)
+
+
+def _unknown_key(key, valid, where):
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else " (see --help for the valid keys)"
+    return UserError(f"unknown config key '{key}' {where}{hint}")
+
+
+def _set(values, fields, key, raw, where, parsed=None):
+    if key not in fields:
+        raise _unknown_key(key, list(fields), where)
+    value = parsed
+    if value is None:
+        value = _parse_literal(raw)
+        if fields[key] is str and not isinstance(value, str):
+            value = raw  # a string field takes the text as written: --start="1 + 1"
+    try:
+        values[key] = _coerce(value, fields[key])
+    except ValueError:
+        raise UserError(f"{key}={raw!r} {where}: expected {_type_name(fields[key])}") from None
+
+
+# ---------------------------------------------------------------------------
+# the parser
+
+def load_config_file(path):
+    """Run a config file (trusted code, like nanoGPT's) and return the keys it assigned."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file '{path}' not found")
+    namespace = {"__file__": path}
+    source = open(path, encoding="utf-8").read()
+    exec(compile(source, path, "exec"), namespace)
+    # keys are the names it assigns; imports and helper functions are not keys, but a lambda is:
+    # `min_lr = lambda c: c.learning_rate / 10` derives a key from the final config
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, (types.ModuleType, type))
+            and not (isinstance(v, types.FunctionType) and v.__name__ != "<lambda>")}
+
+
+def parse_args(cls, argv=None, prog=None, usage="[config.py ...] [--key=value | --key value ...]"):
+    """Build a `cls` from its defaults, config files and command-line arguments."""
+    return cls(**parse_overrides(cls, argv, prog, usage))
+
+
+def parse_overrides(cls, argv=None, prog=None, usage="[config.py ...] [--key=value | --key value ...]"):
+    """The keys that config files and command-line arguments set, as a dict.
+
+    A bare argument is a config file. `--key value` takes the next argument, or
+    for list fields every argument up to the next `--key`; a bare `--flag` of a
+    bool field means True. `--help` prints every key and exits.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or os.path.basename(sys.argv[0])
+    fields = _fields(cls)
+    values = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in ("-h", "--help"):
+            print(format_help(cls, prog, usage))
+            sys.exit(0)
+        if not arg.startswith("--"):
+            if arg.startswith("-") and len(arg) > 1:
+                raise UserError(f"unknown option '{arg}': options are --key=value (see --help)")
+            for key, value in load_config_file(arg).items():
+                if callable(value):  # derived: checked once the command line has had its say
+                    if key not in fields:
+                        raise _unknown_key(key, list(fields), f"in {arg}")
+                    values[key] = _Derived(value, arg)
+                else:
+                    _set(values, fields, key, repr(value), f"in {arg}", parsed=value)
+            continue
+        key, eq, raw = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise _unknown_key(key, list(fields), "on the command line")
+        if eq:
+            _set(values, fields, key, raw, "on the command line")
+            continue
+        tp, rest = fields[key], argv[i:]
+        if typing.get_origin(tp) is list:  # --input a.txt b.txt: every value up to the next --key
+            n = next((j for j, a in enumerate(rest) if a.startswith("--")), len(rest))
+            if n == 0:
+                raise UserError(f"--{key} needs at least one value")
+            items = rest[:n] if typing.get_args(tp) == (str,) else [_parse_literal(a) for a in rest[:n]]
+            _set(values, fields, key, " ".join(rest[:n]), "on the command line", parsed=items)
+            i += n
+        elif _accepts(tp, True) and (not rest or rest[0].lower() not in _BOOL_WORDS):
+            values[key] = True  # a bare --flag
+        elif not rest:
+            raise UserError(f"--{key} needs a value: --{key}=VALUE")
+        else:
+            _set(values, fields, key, rest[0], "on the command line")
+            i += 1
+    return _resolve(cls, values)
+
+
+class _Derived:
+    def __init__(self, fn, where):
+        self.fn, self.where = fn, where
+
+
+def _resolve(cls, values):
+    """Evaluate derived keys (lambdas from config files) against the otherwise final config."""
+    fields = _fields(cls)
+    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
+    done, busy = {}, set()
+
+    class View:  # what a lambda sees: c.key is the final value of key
+        def __getattr__(self, key):
+            return get(key)
+
+    def get(key):
+        if key not in fields:
+            raise _unknown_key(key, list(fields), "in a derived config value")
+        if key not in done:
+            value = values.get(key, defaults[key])
+            if isinstance(value, _Derived):
+                if key in busy:
+                    raise UserError(f"config key '{key}' is derived from itself ({value.where})")
+                busy.add(key)
+                result = value.fn(View())
+                busy.discard(key)
+                _set(done, fields, key, repr(result), f"(derived in {value.where})", parsed=result)
+                value = done[key]
+            done[key] = value
+        return done[key]
+
+    return {key: get(key) for key in values}
+
+
+def config_dict(cfg):
+    """The config as a plain dict (for checkpoints, wandb and metrics)."""
+    return dataclasses.asdict(cfg)
