@@ -1,0 +1,93 @@
+"""
+Token shards and meta.json: the on-disk format between prepare.py and train.py.
+
+A shard `{split}_{NNNNNN}.bin` is a 1024-byte header of little-endian int32s,
+    [0] MAGIC   [1] VERSION   [2] bytes per token (2: uint16, 4: uint32)   [3] token count
+followed by the tokens. The reader checks all four against the file, so a
+truncated or foreign file is refused with a clear message. meta.json is
+written last: a directory with meta.json is complete.
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+
+from configurator import UserError
+
+MAGIC = 20261121
+VERSION = 1
+HEADER_INTS = 256  # 1024 bytes
+HEADER_BYTES = HEADER_INTS * 4
+MAX_SHARD_TOKENS = 2**31 - 1
+
+
+def token_dtype(vocab_size):
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def atomic_write(path, write):
+    """Call write(f) on path.tmp, flush and fsync it, then rename over path: never a half-written file."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(path, tokens, vocab_size):
+    dtype = token_dtype(vocab_size)
+    tokens = np.asarray(tokens)
+    if len(tokens) > MAX_SHARD_TOKENS:
+        raise ValueError(f"shard of {len(tokens)} tokens is larger than the format allows")
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"token id out of range for vocab_size {vocab_size}")  # never write what cannot be read
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:4] = [MAGIC, VERSION, np.dtype(dtype).itemsize, len(tokens)]
+
+    def write(f):
+        f.write(header.tobytes())
+        f.write(tokens.astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes())
+    atomic_write(path, write)
+
+
+def open_shard(path):
+    """Memory-map a shard's tokens after checking its header against the file."""
+    try:
+        size = os.path.getsize(path)
+        header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    except OSError as e:
+        raise UserError(f"cannot read shard {path}: {e.strerror}") from None
+    if len(header) < HEADER_INTS or header[0] != MAGIC:
+        raise UserError(f"{path} is not a token shard (bad header); re-run prepare.py")
+    if header[1] != VERSION:
+        raise UserError(f"{path} has shard format version {header[1]}, this code reads {VERSION}; re-run prepare.py")
+    itemsize, count = int(header[2]), int(header[3])
+    if itemsize not in (2, 4) or size != HEADER_BYTES + itemsize * count:
+        raise UserError(f"{path} is truncated or corrupt: header says {count} tokens, file has "
+                        f"{(size - HEADER_BYTES) / max(itemsize, 1):.0f}; re-run prepare.py")
+    dtype = np.dtype("<u2" if itemsize == 2 else "<u4")
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def shard_paths(data_dir, split):
+    return sorted(glob.glob(os.path.join(data_dir, f"{split}_[0-9][0-9][0-9][0-9][0-9][0-9].bin")))
+
+
+def write_meta(data_dir, meta):
+    atomic_write(os.path.join(data_dir, "meta.json"),
+                 lambda f: f.write(json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8")))
+
+
+def read_meta(data_dir):
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.isdir(data_dir):
+        raise UserError(f"dataset folder {data_dir} not found: prepare it first, e.g. "
+                        f"python prepare.py --input your_text.txt --name {os.path.basename(data_dir)}")
+    if not os.path.isfile(path):
+        raise UserError(f"{data_dir} has no meta.json, so it is not a complete prepared dataset: "
+                        f"run prepare.py (again) to create it")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,153 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+import prepare as prep
+import tokenizer as tok
+from configurator import UserError
+from prepare import PrepareConfig, prepare
+from shards import open_shard, read_meta, shard_paths, write_shard
+
+
+def run_prepare(root, inputs, **kw):
+    kw.setdefault("num_proc", 1)
+    return prepare(PrepareConfig(input=[str(i) for i in inputs], data_root=str(root), **kw))
+
+
+def all_tokens(data_dir, split):
+    paths = shard_paths(data_dir, split)
+    return np.concatenate([np.asarray(open_shard(p)) for p in paths]) if paths else np.zeros(0, np.int64)
+
+
+@pytest.mark.parametrize("kind", ["char", "gpt2"])
+def test_shards_round_trip_to_the_text_plus_end_of_text(tmp_path, shakespeare_text, kind):
+    from conftest import SHAKESPEARE
+    meta = run_prepare(tmp_path, [SHAKESPEARE], tokenizer=kind, name="s")
+    d = tmp_path / "s"
+    t = tok.from_meta(read_meta(str(d))["tokenizer"])
+    tokens = np.concatenate([all_tokens(d, "train"), all_tokens(d, "val")])
+    assert t.decode(tokens.tolist()) == shakespeare_text + "<|endoftext|>"
+    # the val split is the last 10% of the tokens, as nanoGPT splits shakespeare
+    assert meta["counts"]["train"]["tokens"] == int(len(tokens) * 0.9)
+    if kind == "char":
+        assert meta["tokenizer"]["vocab_size"] == 66  # 65 characters + end-of-text
+        assert len(tokens) == len(shakespeare_text) + 1
+
+
+def test_long_documents_are_tokenized_in_pieces_without_changing_tokens(monkeypatch, shakespeare_text):
+    monkeypatch.setattr(prep, "PIECE_CHARS", 5000)
+    stats = prep.Stats()
+    pieces = list(prep.pieces([shakespeare_text], stats))
+    assert len(pieces) > 100 and "".join(p for p, _ in pieces) == shakespeare_text
+    gpt2 = tok.GPT2Tokenizer()
+    joined = [i for p, _ in pieces for i in gpt2.encode(p)]
+    assert joined == gpt2.encode(shakespeare_text)
+
+
+def test_parallel_and_serial_tokenization_write_the_same_shards(tmp_path, shakespeare_text):
+    f = tmp_path / "in.jsonl"
+    f.write_text("\n".join(json.dumps({"text": shakespeare_text[i:i + 3000]}) for i in range(0, 300000, 3000)))
+    run_prepare(tmp_path, [f], name="one", num_proc=1)
+    run_prepare(tmp_path, [f], name="two", num_proc=2)
+    for split in ("train", "val"):
+        assert np.array_equal(all_tokens(tmp_path / "one", split), all_tokens(tmp_path / "two", split))
+
+
+def test_jsonl_folders_globs_and_text_column(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha")
+    (src / "sub" / "b.jsonl").write_text('{"content": "beta"}\n\n{"content": "gamma"}\n')
+    (src / "ignored.csv").write_text("x")
+    meta = run_prepare(tmp_path, [src], name="d", tokenizer="char", text_column="content", val_fraction=0.0)
+    assert meta["documents"] == 3
+    t = tok.from_meta(meta["tokenizer"])
+    assert t.decode(all_tokens(tmp_path / "d", "train").tolist()) == \
+        "alpha<|endoftext|>beta<|endoftext|>gamma<|endoftext|>"
+    meta = run_prepare(tmp_path, [str(src / "**" / "*.jsonl")], name="g", text_column="content", val_fraction=0.0)
+    assert meta["documents"] == 2
+    with pytest.raises(UserError, match=r"no field 'text' \(found \['content'\]\).*--text_column"):
+        run_prepare(tmp_path, [src / "sub" / "b.jsonl"], name="e")
+
+
+def test_empty_documents_are_skipped_and_invalid_utf8_replaced(tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"text": "one"}\n{"text": ""}\n{"text": "   "}\n{"text": "two"}\n')
+    meta = run_prepare(tmp_path, [f], name="d", tokenizer="char", val_fraction=0.0)
+    assert (meta["documents"], meta["skipped_empty_documents"]) == (4, 2)
+    g = tmp_path / "bad.txt"
+    g.write_bytes(b"caf\xc3\xa9 \xff\xfe ok \xef\xbf\xbd")  # two bad bytes, and one real U+FFFD
+    meta = run_prepare(tmp_path, [g], name="u", tokenizer="char", val_fraction=0.0)
+    assert meta["invalid_utf8_replaced"] == 2
+
+
+@pytest.mark.parametrize("content, msg", [
+    ("", "no text to tokenize"),
+    ("  \n\n ", "no text to tokenize"),
+])
+def test_empty_input_is_a_clear_error(tmp_path, content, msg):
+    f = tmp_path / "empty.txt"
+    f.write_text(content)
+    with pytest.raises(UserError, match=msg):
+        run_prepare(tmp_path, [f], name="d")
+    assert not (tmp_path / "d").exists()
+
+
+def test_missing_input_and_bad_options(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        run_prepare(tmp_path, [tmp_path / "nope.txt"])
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    with pytest.raises(UserError, match="--tokenizer 'bpe2'"):
+        run_prepare(tmp_path, [f], tokenizer="bpe2")
+    with pytest.raises(UserError, match="--val_fraction"):
+        run_prepare(tmp_path, [f], val_fraction=1.5)
+
+
+def test_existing_dataset_is_kept_unless_overwrite(tmp_path):
+    a, bad = tmp_path / "a.txt", tmp_path / "bad.jsonl"
+    a.write_text("first version " * 100)
+    bad.write_text('{"text": "fine"}\nnot json\n')
+    run_prepare(tmp_path, [a], name="d", tokenizer="char")
+    before = {p: open(p, "rb").read() for p in sorted((tmp_path / "d").iterdir())}
+    with pytest.raises(UserError, match="already prepared.*--overwrite"):
+        run_prepare(tmp_path, [a], name="d")
+    with pytest.raises(UserError, match="bad.jsonl:2: not valid JSON"):
+        run_prepare(tmp_path, [bad], name="d", overwrite=True)  # fails part way: the old data stays
+    assert {p: open(p, "rb").read() for p in sorted((tmp_path / "d").iterdir())} == before
+    a.write_text("second " * 10)
+    meta = run_prepare(tmp_path, [a], name="d", tokenizer="char", overwrite=True)
+    assert meta["counts"]["train"]["tokens"] + meta["counts"]["val"]["tokens"] == 71
+
+
+def test_shard_reader_refuses_truncated_and_foreign_files(tmp_path):
+    p = str(tmp_path / "train_000000.bin")
+    write_shard(p, np.arange(1000) % 50, vocab_size=50)
+    assert np.array_equal(open_shard(p), np.arange(1000) % 50)
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[:-10])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        open_shard(p)
+    open(p, "wb").write(b"x" * 5000)
+    with pytest.raises(UserError, match="not a token shard"):
+        open_shard(p)
+
+
+def test_large_vocabularies_use_uint32_and_ids_out_of_range_are_refused(tmp_path):
+    p = str(tmp_path / "train_000000.bin")
+    write_shard(p, [0, 70000, 99999], vocab_size=100000)
+    s = open_shard(p)
+    assert s.dtype.itemsize == 4 and s.tolist() == [0, 70000, 99999]
+    with pytest.raises(ValueError, match="out of range"):
+        write_shard(p, [0, 50257], vocab_size=50257)
+
+
+def test_hub_unreachable_fails_fast_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(UserError, match="cannot reach the Hugging Face Hub.*--input"):
+        prepare(PrepareConfig(data_root=str(tmp_path)))
+    assert not (tmp_path / "tinystories").exists()
