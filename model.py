@@ -1,0 +1,335 @@
+"""
+A GPT language model in one file: GPT-2 classic.
+
+Token + learned position embeddings, n_layer pre-LayerNorm blocks (attention,
+then a 4x GELU MLP, each added to the residual stream), a final LayerNorm and
+an output head tied to the token embedding. With the same sizes it has exactly
+the parameters of Hugging Face's GPT2LMHeadModel, so weights map one to one.
+
+References:
+1) OpenAI's GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
+2) nanoGPT, whose model.py set the style of this one: https://github.com/karpathy/nanoGPT
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024   # context length: the size of the position table
+    vocab_size: int = 50257  # GPT-2's 50,256 BPE merges + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True        # biases in Linear and LayerNorm, like GPT-2; False is a bit faster
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
+        # query, key and value projections for all heads in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+
+    def forward(self, x, cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_size): heads become a batch dimension
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is None:
+            # scaled_dot_product_attention picks FlashAttention on GPUs that have it
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=True)
+        else:
+            k, v, mask = cache.update(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # exact (erf) GELU, as nanoGPT: on CPUs it is 2-3x faster than GPT-2's tanh approximation, and the
+        # two differ by < 1e-3 (Hugging Face's GPT-2 calls this activation_function="gelu")
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0):
+        # pre-norm: the residual stream itself is never normalized, which keeps deep stacks trainable
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class KVCache:
+    """The keys and values of every layer for a batch of sequences, so generating a token costs one
+    position's forward instead of the whole context's. Each row has its own length: prompts of
+    different lengths decode together, each at its own position."""
+
+    def __init__(self, config, batch_size, device):
+        self.n_layer, self.block_size = config.n_layer, config.block_size
+        self.k = [None] * config.n_layer  # (B, n_head, block_size, head_size), allocated at first use
+        self.v = [None] * config.n_layer
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self._parent, self._i = None, None
+
+    def positions(self, T):
+        """(B, T) positions of the T tokens about to be fed."""
+        return self.lengths[:, None] + torch.arange(T, device=self.lengths.device)
+
+    def update(self, layer, k, v):
+        """Store this step's k, v (B, nh, T, hs) at each row's positions; return the keys and values
+        to attend over and the mask that lets each query see its own row's past only."""
+        B, nh, T, hs = k.shape
+        if self.k[layer] is None:
+            self._allocate(layer, k)
+        pos = self.positions(T)
+        rows = torch.arange(B, device=pos.device)[:, None]
+        self.k[layer][rows, :, pos] = k.transpose(1, 2)  # advanced indexing: (B, T, nh, hs)
+        self.v[layer][rows, :, pos] = v.transpose(1, 2)
+        S = int(pos.max()) + 1
+        mask = torch.arange(S, device=pos.device) <= pos[:, None, :, None]  # (B, 1, T, S)
+        return self.k[layer][:, :, :S], self.v[layer][:, :, :S], mask
+
+    def _allocate(self, layer, like):
+        if self._parent is not None:  # a row view: storage lives in the parent, shared
+            self._parent._allocate(layer, like)
+            self.k[layer] = self._parent.k[layer][self._i:self._i + 1]
+            self.v[layer] = self._parent.v[layer][self._i:self._i + 1]
+            return
+        _, nh, _, hs = like.shape
+        self.k[layer] = like.new_zeros(len(self.lengths), nh, self.block_size, hs)
+        self.v[layer] = like.new_zeros(len(self.lengths), nh, self.block_size, hs)
+
+    def advance(self, T):
+        self.lengths += T
+
+    def row(self, i):
+        """A one-row cache that shares row i's storage, to fill or refill one sequence alone."""
+        view = KVCache.__new__(KVCache)
+        view.n_layer, view.block_size = self.n_layer, self.block_size
+        view.k = [None if t is None else t[i:i + 1] for t in self.k]
+        view.v = [None if t is None else t[i:i + 1] for t in self.v]
+        view.lengths = self.lengths[i:i + 1]  # a view: advancing it advances row i
+        view._parent, view._i = self, i
+        return view
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: the input embedding and the output projection are one matrix, as in GPT-2
+        # (https://arxiv.org/abs/1608.05859); it saves vocab_size * n_embd parameters
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each block adds two projections to the residual stream, so scale them by
+        # 1/sqrt(2 * n_layer) to keep the stream's variance independent of depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=False):
+        """Parameters, counting the tied embedding once. non_embedding=True leaves out the position
+        table (the token table stays in: it is also the output layer's weight)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, cache=None):
+        """Logits (B, T, vocab) and the mean cross-entropy if targets are given; without targets only
+        the last position's logits (B, 1, vocab), which is all generation needs."""
+        B, T = idx.size()
+        if cache is None:
+            pos = torch.arange(T, device=idx.device)
+        else:
+            pos = cache.positions(T)
+        if T > self.config.block_size or int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"sequence of {int(pos.max()) + 1} positions is longer than block_size "
+                             f"{self.config.block_size}")
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.advance(T)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return logits, loss
+        return self.lm_head(x[:, [-1], :]), None  # the list index keeps the time dimension
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on the matrices (matmul weights, embeddings) only: decaying biases
+        and LayerNorm gains just pulls them towards zero for no benefit."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        # the fused kernel does the whole update in one pass: faster on GPUs and on CPUs
+        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward + backward): 6 per parameter for the matmuls plus the
+        attention scores, as in the PaLM paper's appendix B (https://arxiv.org/abs/2204.02311)."""
+        c = self.config
+        return 6 * self.get_num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
+
+    # ---------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eot_id=None,
+                 use_cache=True, generator=None):
+        """Continue each prompt (a list of token lists, or a (B, T) tensor); returns the new tokens of
+        each, without the end-of-text token that stops a row early."""
+        out = [[] for _ in range(len(prompts))]
+        for step in self.generate_stream(prompts, max_new_tokens, temperature, top_k, top_p, eot_id,
+                                         use_cache, generator):
+            for i, t in enumerate(step.tolist()):
+                if t >= 0 and t != eot_id:
+                    out[i].append(t)
+        return out
+
+    @torch.no_grad()
+    def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eot_id=None,
+                        use_cache=True, generator=None):
+        """Yield a (B,) tensor of next tokens per step; a row that has produced eot_id yields -1 from
+        then on, and the stream ends when every row has. Past block_size, the cache keeps the newest
+        half of the context and refills, while full recomputation slides a block_size window."""
+        if isinstance(prompts, torch.Tensor):
+            prompts = prompts.tolist()
+        was_training = self.training
+        self.eval()
+        device = self.lm_head.weight.device
+        seqs = [list(p)[-self.config.block_size:] for p in prompts]
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("empty prompt: start from the end-of-text token instead")
+        B = len(seqs)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        cache = KVCache(self.config, B, device) if use_cache else None
+        logits = self._next_logits(seqs, cache, refill=range(B))
+        try:
+            for _ in range(max_new_tokens):
+                nxt = sample_next(logits, temperature, top_k, top_p, generator)
+                nxt = torch.where(done, -1, nxt)
+                yield nxt
+                if eot_id is not None:
+                    done |= nxt == eot_id
+                    if bool(done.all()):
+                        break
+                for s, t in zip(seqs, nxt.tolist()):
+                    s.append(t if t >= 0 else eot_id)
+                full = (cache.lengths >= self.config.block_size).nonzero().flatten().tolist() if use_cache else []
+                logits = self._next_logits(seqs, cache, refill=full, step=nxt.clamp(min=0))
+        finally:
+            self.train(was_training)
+
+    def _next_logits(self, seqs, cache, refill=(), step=None):
+        """(B, vocab) logits for the next token of every sequence."""
+        if cache is None:  # full recomputation over the last block_size tokens of each row
+            window = [s[-self.config.block_size:] for s in seqs]
+            if len({len(w) for w in window}) == 1:
+                return self(torch.tensor(window, device=self.lm_head.weight.device))[0][:, -1]
+            return torch.cat([self(torch.tensor([w], device=self.lm_head.weight.device))[0][:, -1]
+                              for w in window])
+        device = cache.lengths.device
+        last = {}
+        for i in refill:  # (re)fill a row's cache from its text, keeping the newest half when it is full
+            keep = seqs[i] if step is None else seqs[i][-(self.config.block_size // 2) - 1:-1]
+            row = cache.row(i)
+            row.lengths.zero_()
+            last[i] = self(torch.tensor([keep], device=device), cache=row)[0][:, -1]
+        if step is None:
+            return torch.cat([last[i] for i in range(len(seqs))])
+        return self(step[:, None], cache=cache)[0][:, -1]
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row from (B, vocab) logits. temperature 0 is greedy; top_k keeps the k most likely
+    tokens; top_p keeps the smallest set whose probability reaches p (nucleus sampling)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the ones before it already reach top_p (so the first token always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+# dense bf16 tensor-core peaks, FLOP/s, from the vendors' datasheets (without sparsity)
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12,
+    "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12, "MI300X": 1307e12,
+}
+
+
+def peak_flops(device):
+    """The device's bf16 peak in FLOP/s, or None when unknown (and always on CPU)."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # longest first: 'L40S' before 'L4'
+        if key in name:
+            return PEAK_FLOPS[key]
+    return None
+
+
+def estimate_mfu(flops_per_token, tokens_per_sec, device):
+    """Model FLOPs utilization: achieved training FLOP/s over the device's peak; None where unknown."""
+    peak = peak_flops(device)
+    return None if peak is None else flops_per_token * tokens_per_sec / peak

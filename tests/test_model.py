@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, estimate_mfu, peak_flops, sample_next
+
+
+def small_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=101, bias=True)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+def test_parameter_count_matches_huggingface_gpt2():
+    # GPT2LMHeadModel(GPT2Config(n_embd=256, n_layer=6, n_head=4, vocab_size=50257, n_positions=1024))
+    model = GPT(GPTConfig(n_embd=256, n_layer=6, n_head=4, vocab_size=50257, block_size=1024, bias=True))
+    assert model.get_num_params() == 17_867_008
+
+
+def test_loss_at_init_is_about_ln_vocab():
+    vocab = 1000
+    model = small_model(vocab_size=vocab)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(vocab, (8, 32), generator=g)
+    y = torch.randint(vocab, (8, 32), generator=g)
+    _, loss = model(x, y)
+    assert abs(loss.item() - math.log(vocab)) < 0.05
+
+
+def test_future_tokens_do_not_change_past_logits():
+    model = small_model()
+    x = torch.randint(101, (2, 32))
+    x2 = x.clone()
+    x2[:, 20:] = torch.randint(101, (2, 12))
+    logits, _ = model(x, torch.zeros_like(x))
+    logits2, _ = model(x2, torch.zeros_like(x))
+    torch.testing.assert_close(logits[:, :20], logits2[:, :20])
+    assert not torch.allclose(logits[:, 20:], logits2[:, 20:])
+
+
+def test_kv_cache_greedy_generation_equals_full_recomputation():
+    model = small_model()
+    prompts = [[5, 7, 11, 13], [1], list(range(20, 40))]  # different lengths decode together
+    n_new = 10  # the longest prompt reaches position 30 < block_size 32: within the context
+    cached = model.generate(prompts, n_new, temperature=0, use_cache=True)
+    full = model.generate(prompts, n_new, temperature=0, use_cache=False)
+    assert cached == full
+    assert all(len(c) == n_new for c in cached)
+
+
+def test_batched_generation_equals_one_prompt_at_a_time():
+    model = small_model()
+    prompts = [[3, 4, 5], [9] * 12, [42]]
+    together = model.generate(prompts, 15, temperature=0)
+    alone = [model.generate([p], 15, temperature=0)[0] for p in prompts]
+    assert together == alone
+
+
+def test_generation_continues_past_the_context_length():
+    model = small_model()
+    out = model.generate([[1, 2, 3]], 100, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert len(out[0]) == 100 and all(0 <= t < 101 for t in out[0])
+
+
+def test_generation_stops_at_end_of_text():
+    model = small_model()
+    first = model.generate([[1, 2, 3]], 1, temperature=0)[0][0]
+    # declare the greedy first token to be end-of-text: the row stops before producing anything
+    assert model.generate([[1, 2, 3], [4, 5]], 10, temperature=0, eot_id=first)[0] == []
+
+
+def test_sampling_controls():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5]])
+    g = torch.Generator().manual_seed(0)
+    assert sample_next(logits, temperature=0).item() == 1
+    assert all(sample_next(logits, 1.0, top_k=1, generator=g).item() == 1 for _ in range(20))
+    assert all(sample_next(logits, 1.0, top_p=0.01, generator=g).item() == 1 for _ in range(20))
+    # top_k=2 only ever gives the two most likely tokens; top_p=0.9 cuts the least likely one
+    assert {sample_next(logits, 5.0, top_k=2, generator=g).item() for _ in range(200)} == {1, 2}
+    probs = torch.softmax(logits, -1)[0]
+    assert probs[3] < 0.1 and {sample_next(logits, 1.0, top_p=0.9, generator=g).item() for _ in range(500)} <= {0, 1, 2}
+
+
+def test_optimizer_decays_matrices_only():
+    model = small_model()
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.get_num_params()
+
+
+def test_mfu_uses_the_device_peak(monkeypatch):
+    assert peak_flops("cpu") is None and estimate_mfu(1e9, 1e5, "cpu") is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert estimate_mfu(1e9, 1e5, "cuda") == pytest.approx(1e14 / 989e12)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L40S")
+    assert peak_flops("cuda") == 362e12  # not L4's
