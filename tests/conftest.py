@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests run on CPU, offline: text comes from ../shared/data and the GPT-2
+ranks from ../shared/tokenizers (through tiktoken's cache directory)."""
+
+import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+SHAKESPEARE = os.path.join(SHARED, "data", "tinyshakespeare.txt")
+GPT2_RANKS = os.path.join(SHARED, "tokenizers", "gpt2.tiktoken")
+R50K_CACHE_NAME = "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"  # sha1 of tiktoken's r50k_base download URL
+
+sys.path.insert(0, ROOT)
+
+# point tiktoken at the shared ranks unless the environment already has a cache
+if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isfile(GPT2_RANKS):
+    _cache = tempfile.mkdtemp(prefix="tiktoken-cache-")
+    os.symlink(GPT2_RANKS, os.path.join(_cache, R50K_CACHE_NAME))
+    os.environ["TIKTOKEN_CACHE_DIR"] = _cache
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text():
+    with open(SHAKESPEARE, encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory, shakespeare_text):
+    """A data folder with two small prepared datasets: tiny_char and tiny_gpt2 (the first 60,000
+    characters of tiny Shakespeare)."""
+    from prepare import PrepareConfig, prepare
+    root = tmp_path_factory.mktemp("data")
+    corpus = root / "tiny.txt"
+    corpus.write_text(shakespeare_text[:60000], encoding="utf-8")
+    for tokenizer in ("char", "gpt2"):
+        prepare(PrepareConfig(input=[str(corpus)], tokenizer=tokenizer, name=f"tiny_{tokenizer}",
+                              data_root=str(root), num_proc=1))
+    return str(root)
+
+
+def tiny_train_config(data_root, out_dir, **overrides):
+    """A TrainConfig for a model small enough to train in a second on a CPU."""
+    from train import TrainConfig
+    kw = dict(dataset="tiny_char", data_root=data_root, out_dir=str(out_dir), n_layer=2, n_head=2, n_embd=32,
+              block_size=32, batch_size=4, gradient_accumulation_steps=1, max_iters=10, lr_decay_iters=10,
+              warmup_iters=2, learning_rate=3e-3, min_lr=3e-4, eval_interval=5, eval_iters=2, log_interval=1,
+              device="cpu", compile=False, dropout=0.0)
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def read_metrics(out_dir):
+    import json
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]

@@ -1,0 +1,116 @@
+import os
+
+import pytest
+import torch
+
+import checkpoint
+from configurator import UserError
+from conftest import read_metrics, tiny_train_config
+from train import TrainConfig, get_lr, train
+
+
+def losses(out_dir):
+    return [e["loss"] for e in read_metrics(out_dir) if "loss" in e]
+
+
+def test_lr_schedule_warmup_peak_and_end():
+    cfg = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=1000)
+    assert get_lr(0, cfg) == pytest.approx(1e-3 / 101)
+    assert get_lr(50, cfg) < get_lr(99, cfg) < 1e-3
+    assert get_lr(100, cfg) == pytest.approx(1e-3)
+    assert get_lr(550, cfg) == pytest.approx(5.5e-4)  # half way down the cosine
+    assert get_lr(1000, cfg) == pytest.approx(1e-4) and get_lr(5000, cfg) == pytest.approx(1e-4)
+    assert get_lr(10, TrainConfig(decay_lr=False, learning_rate=0.5)) == 0.5
+
+
+def test_training_learns(data_root, tmp_path):
+    result = train(tiny_train_config(data_root, tmp_path, max_iters=60, lr_decay_iters=60, eval_interval=60,
+                                     eval_iters=4))
+    evals = [e for e in read_metrics(tmp_path) if "val_loss" in e]
+    assert evals[0]["iter"] == 0 and evals[-1]["iter"] == 60
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    assert result["best_val_loss"] == min(e["val_loss"] for e in evals)
+    assert os.path.isfile(tmp_path / "ckpt.pt") and os.path.isfile(tmp_path / "best.pt")
+
+
+def test_gradient_accumulation_equals_one_large_batch(data_root, tmp_path):
+    train(tiny_train_config(data_root, tmp_path / "a", batch_size=8, gradient_accumulation_steps=1))
+    train(tiny_train_config(data_root, tmp_path / "b", batch_size=2, gradient_accumulation_steps=4))
+    assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), rel=1e-5)
+    a, b = (checkpoint.load(str(tmp_path / d / "ckpt.pt"))["model"] for d in "ab")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_resumed_training_equals_uninterrupted_training(data_root, tmp_path):
+    # dropout on: resuming must also restore the random number generator
+    full = tiny_train_config(data_root, tmp_path / "full", max_iters=12, lr_decay_iters=12, eval_interval=4,
+                             dropout=0.1)
+    train(full)
+    part = tiny_train_config(data_root, tmp_path / "part", max_iters=8, lr_decay_iters=12, eval_interval=4,
+                             dropout=0.1)
+    train(part)
+    overrides = {"init_from": "resume", "out_dir": str(tmp_path / "part"), "max_iters": 12}
+    train(TrainConfig(**overrides), overrides)  # the rest of the config comes from the checkpoint
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")  # bit for bit
+    assert len(losses(tmp_path / "full")) == 12
+    a, b = (checkpoint.load(str(tmp_path / d / "ckpt.pt"))["model"] for d in ("full", "part"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_errors(data_root, tmp_path):
+    with pytest.raises(UserError, match="has no ckpt.pt"):
+        train(tiny_train_config(data_root, tmp_path / "empty", init_from="resume"))
+    train(tiny_train_config(data_root, tmp_path / "run", max_iters=5))
+    with pytest.raises(UserError, match="uses tokenizer gpt2.*trained with char"):
+        overrides = {"init_from": "resume", "out_dir": str(tmp_path / "run"), "dataset": "tiny_gpt2"}
+        train(TrainConfig(**overrides), overrides)
+    with pytest.raises(UserError, match="n_layer=3.*has n_layer=2"):
+        overrides = {"init_from": "resume", "out_dir": str(tmp_path / "run"), "n_layer": 3}
+        train(TrainConfig(**overrides), overrides)
+
+
+def test_a_new_run_never_overwrites_a_checkpoint(data_root, tmp_path):
+    train(tiny_train_config(data_root, tmp_path, max_iters=5))
+    before = open(tmp_path / "ckpt.pt", "rb").read()
+    with pytest.raises(UserError, match="already holds a run's ckpt.pt.*--init_from=resume"):
+        train(tiny_train_config(data_root, tmp_path, max_iters=5))
+    assert open(tmp_path / "ckpt.pt", "rb").read() == before
+
+
+def test_missing_dataset_and_bad_values(data_root, tmp_path):
+    with pytest.raises(UserError, match="dataset folder .*nope not found.*prepare.py"):
+        train(tiny_train_config(data_root, tmp_path, dataset="nope"))
+    with pytest.raises(UserError, match="n_embd=30 is not a multiple of n_head=4"):
+        train(tiny_train_config(data_root, tmp_path, n_embd=30, n_head=4))
+    with pytest.raises(UserError, match="device=cuda"):
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        train(tiny_train_config(data_root, tmp_path, device="cuda"))
+
+
+def test_checkpoints_load_without_pickle_and_pickles_are_refused(data_root, tmp_path):
+    train(tiny_train_config(data_root, tmp_path, max_iters=5))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # plain tensors and containers only
+    assert ckpt["iter_num"] == 5 and ckpt["tokenizer"]["kind"] == "char"
+    torch.save({"model": {}, "evil": TrainConfig()}, tmp_path / "pickled.pt")
+    with pytest.raises(UserError, match="pickled Python objects.*refusing"):
+        checkpoint.load(str(tmp_path / "pickled.pt"))
+
+
+def test_metrics_jsonl_records_steps_and_evals(data_root, tmp_path):
+    train(tiny_train_config(data_root, tmp_path, max_iters=6, eval_interval=3, log_interval=2))
+    events = read_metrics(tmp_path)
+    steps = [e for e in events if "loss" in e]
+    assert [e["iter"] for e in steps] == [2, 4, 6]
+    assert all(set(e) >= {"iter", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "time"} for e in steps)
+    assert steps[0]["tokens"] == 2 * 4 * 32 and steps[0]["mfu"] is None  # no MFU on a CPU
+    assert [e["iter"] for e in events if "val_loss" in e] == [0, 3, 6]
+
+
+def test_wandb_offline(data_root, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(tiny_train_config(data_root, tmp_path, max_iters=3, wandb_log=True))
+    assert os.path.isdir(tmp_path / "wandb")
