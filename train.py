@@ -68,7 +68,7 @@ class TrainConfig:
     lr_decay_iters: int = 600000  # step at which the cosine reaches min_lr (usually max_iters)
     min_lr: float = 6e-5  # final learning rate (usually learning_rate / 10)
     # system
-    backend: str = "nccl"  # torch.distributed backend under torchrun (nccl for GPUs, gloo for CPUs)
+    backend: str = "nccl"  # torch.distributed backend under torchrun (nccl on GPUs; CPUs always use gloo)
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     dtype: str = "auto"  # auto (bfloat16 where the GPU has it, else float16; float32 on CPU), float32, bfloat16, float16
     compile: Optional[bool] = None  # torch.compile the model (None: on for CUDA, off otherwise)
@@ -149,7 +149,10 @@ def setup_distributed(cfg):
     if cfg.gradient_accumulation_steps % world:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple of "
                         f"the number of processes ({world}): it counts micro-batches over all of them")
-    dist.init_process_group(backend=cfg.backend)
+    backend = cfg.backend
+    if backend == "nccl" and (cfg.device.startswith(("cpu", "mps")) or not torch.cuda.is_available()):
+        backend = "gloo"  # NCCL is GPU-only
+    dist.init_process_group(backend=backend)
     return rank, local_rank, world
 
 
@@ -403,6 +406,7 @@ def train(cfg, overrides=None):
         print(f"done: {iter_num} steps in {fmt_time(time.time() - t_start)}, best val loss {best_val_loss:.4f}; "
               f"checkpoints in {cfg.out_dir}")
     if world > 1:
+        torch.distributed.barrier()  # let rank 0 finish writing before any process leaves
         torch.distributed.destroy_process_group()
     return {"iter_num": iter_num, "best_val_loss": best_val_loss, "out_dir": cfg.out_dir}
 

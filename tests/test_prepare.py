@@ -151,3 +151,23 @@ def test_hub_unreachable_fails_fast_with_a_clear_message(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="cannot reach the Hugging Face Hub.*--input"):
         prepare(PrepareConfig(data_root=str(tmp_path)))
     assert not (tmp_path / "tinystories").exists()
+
+
+def test_default_source_uses_the_hub_dataset_and_its_validation_split(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    stories = [f"Once upon a time there was a cat number {i}." for i in range(50)]
+    fake = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": stories[:40]}),
+        "validation": datasets.Dataset.from_dict({"text": stories[40:]}),
+    })
+    asked = []
+    monkeypatch.setattr(prep, "check_hub_reachable", lambda name: asked.append(name))
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: fake)
+    meta = prepare(PrepareConfig(data_root=str(tmp_path), num_proc=1))
+    assert asked == ["roneneldan/TinyStories"] and meta["name"] == "tinystories"
+    assert meta["val_fraction"] == 0.0 and meta["source"]["splits"] == {"train": "train", "val": "validation"}
+    t = tok.GPT2Tokenizer()
+    val = t.decode(all_tokens(tmp_path / "tinystories", "val").tolist())
+    assert val == "".join(s + "<|endoftext|>" for s in stories[40:])
+    with pytest.raises(UserError, match=r"no column 'story' \(columns: \['text'\]\)"):
+        prepare(PrepareConfig(data_root=str(tmp_path), name="x", text_column="story", num_proc=1))
