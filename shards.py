@@ -84,8 +84,9 @@ def write_meta(data_dir, meta):
 def read_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.isdir(data_dir):
-        raise UserError(f"dataset folder {data_dir} not found: prepare it first, e.g. "
-                        f"python prepare.py --input your_text.txt --name {os.path.basename(data_dir)}")
+        name = os.path.basename(os.path.normpath(data_dir))
+        how = "python prepare.py" if name == "tinystories" else f"python prepare.py --input YOUR_FILES --name {name}"
+        raise UserError(f"dataset folder {data_dir} not found: prepare it first ({how})")
     if not os.path.isfile(path):
         raise UserError(f"{data_dir} has no meta.json, so it is not a complete prepared dataset: "
                         f"run prepare.py (again) to create it")
