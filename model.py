@@ -165,6 +165,7 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.gradient_checkpointing = False  # a training choice, not part of the model: set by train.py
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -193,7 +194,11 @@ class GPT(nn.Module):
                              f"{self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            if self.gradient_checkpointing and self.training and cache is None:
+                # keep only each block's input; recompute its insides during backward (same dropout masks)
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, cache, layer)
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.advance(T)
@@ -220,6 +225,20 @@ class GPT(nn.Module):
         attention scores, as in the PaLM paper's appendix B (https://arxiv.org/abs/2204.02311)."""
         c = self.config
         return 6 * self.get_num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def estimate_memory(self, batch_size, dtype_bytes=4, gradient_checkpointing=False):
+        """Rough peak bytes of one training step: fp32 weights, gradients and AdamW moments (16 bytes per
+        parameter), the activations kept for backward (about 34 bytes per token and channel per layer
+        in 16-bit, Korthikanti et al. 2022, https://arxiv.org/abs/2205.05198, with fused attention),
+        and the logits with their softmax and gradient."""
+        c = self.config
+        tokens = batch_size * c.block_size
+        per_layer = 34 * tokens * c.n_embd * dtype_bytes // 2
+        if gradient_checkpointing:  # block inputs only, plus one block's insides while it is recomputed
+            activations = c.n_layer * tokens * c.n_embd * dtype_bytes + per_layer
+        else:
+            activations = c.n_layer * per_layer
+        return 16 * self.get_num_params() + activations + 12 * tokens * c.vocab_size
 
     # ---------------------------------------------------------------------------------------------
     # generation

@@ -3,6 +3,7 @@ Token shards and meta.json: the on-disk format between prepare.py and train.py.
 
 A shard `{split}_{NNNNNN}.bin` is a 1024-byte header of little-endian int32s,
     [0] MAGIC   [1] VERSION   [2] bytes per token (2: uint16, 4: uint32)   [3] token count
+    [4] the largest token id in the shard (-1 if empty), so a vocabulary check reads no tokens
 followed by the tokens. The reader checks all four against the file, so a
 truncated or foreign file is refused with a clear message. meta.json is
 written last: a directory with meta.json is complete.
@@ -42,10 +43,11 @@ def write_shard(path, tokens, vocab_size):
     tokens = np.asarray(tokens)
     if len(tokens) > MAX_SHARD_TOKENS:
         raise ValueError(f"shard of {len(tokens)} tokens is larger than the format allows")
-    if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
+    top = int(tokens.max()) if len(tokens) else -1
+    if len(tokens) and (tokens.min() < 0 or top >= vocab_size):
         raise ValueError(f"token id out of range for vocab_size {vocab_size}")  # never write what cannot be read
     header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:4] = [MAGIC, VERSION, np.dtype(dtype).itemsize, len(tokens)]
+    header[:5] = [MAGIC, VERSION, np.dtype(dtype).itemsize, len(tokens), top]
 
     def write(f):
         f.write(header.tobytes())
@@ -53,8 +55,8 @@ def write_shard(path, tokens, vocab_size):
     atomic_write(path, write)
 
 
-def open_shard(path):
-    """Memory-map a shard's tokens after checking its header against the file."""
+def read_header(path):
+    """(bytes per token, token count, largest token id) after checking the header against the file."""
     try:
         size = os.path.getsize(path)
         header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
@@ -68,6 +70,12 @@ def open_shard(path):
     if itemsize not in (2, 4) or size != HEADER_BYTES + itemsize * count:
         raise UserError(f"{path} is truncated or corrupt: header says {count} tokens, file has "
                         f"{(size - HEADER_BYTES) / max(itemsize, 1):.0f}; re-run prepare.py")
+    return itemsize, count, int(header[4])
+
+
+def open_shard(path):
+    """Memory-map a shard's tokens after checking its header against the file."""
+    itemsize, count, _ = read_header(path)
     dtype = np.dtype("<u2" if itemsize == 2 else "<u4")
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
