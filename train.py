@@ -5,26 +5,31 @@ Train a GPT on a prepared dataset.
     python train.py --init_from=resume --out_dir=out/shakespeare_char     # continue where it stopped
     torchrun --standalone --nproc_per_node=8 train.py config/tinystories_124m.py
 
-Keys keep nanoGPT's names; `python train.py --help` lists them all. Outputs in out_dir:
-ckpt.pt (latest), best.pt (lowest val loss) and metrics.jsonl (one JSON object per log line or eval).
+Keys keep nanoGPT's names; `python train.py --help` lists them all. Outputs in out_dir: ckpt.pt
+(latest), best.pt (lowest val loss), metrics.jsonl (one JSON object per log line or eval) and
+loss.png. Kill it at any moment: --init_from=resume continues from the last checkpoint exactly as
+if nothing had happened. SIGTERM or Ctrl-C saves a checkpoint first.
 """
 
-import json
 import math
 import os
+import signal
+import sys
 import time
+from collections import deque
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
 
 import checkpoint
+import tokenizer
 from configurator import UserError, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
+from metrics import Metrics
 from model import GPT, GPTConfig, estimate_mfu
-from shards import read_meta
-from tokenizer import same_tokenizer
+from shards import read_header, read_meta, shard_paths
 
 
 @dataclass
@@ -72,6 +77,16 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     dtype: str = "auto"  # auto (bfloat16 where the GPU has it, else float16; float32 on CPU), float32, bfloat16, float16
     compile: Optional[bool] = None  # torch.compile the model (None: on for CUDA, off otherwise)
+    gradient_checkpointing: bool = False  # recompute activations during backward: much less memory, ~1/3 more compute
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state over the GPUs (FSDP2) instead of copying them (DDP)
+    # faults
+    keep_last_n: int = 0  # also keep the last n checkpoints as ckpt_NNNNNNN.pt (0: only ckpt.pt and best.pt)
+    spike_threshold: float = 10.0  # skip a step whose loss is this many robust standard deviations above the recent median (0: off)
+    max_skipped_steps: int = 3  # after this many skipped steps in a row, roll back to the last checkpoint and halve the learning rate
+    # observability
+    plot: bool = True  # redraw out_dir/loss.png at every eval
+    sample_prompt: str = ""  # prompt of the sample printed at every eval ('' starts from end-of-text)
+    sample_tokens: int = 64  # length of the sample printed at every eval (0: no sample)
 
 
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
@@ -136,8 +151,8 @@ def check_config(cfg):
         raise UserError(f"dropout={cfg.dropout}: must be in [0, 1)")
     if cfg.init_from not in ("scratch", "resume"):
         raise UserError(f"init_from={cfg.init_from!r}: expected scratch or resume")
-    if cfg.max_iters < 0:
-        raise UserError(f"max_iters={cfg.max_iters}: must be at least 0")
+    if cfg.max_iters < 0 or cfg.keep_last_n < 0 or cfg.max_skipped_steps < 1:
+        raise UserError("max_iters and keep_last_n must be at least 0, max_skipped_steps at least 1")
 
 
 def setup_distributed(cfg):
@@ -173,43 +188,6 @@ def load_resume(cfg, overrides, device):
     return ckpt, TrainConfig(**merged)
 
 
-class Metrics:
-    """metrics.jsonl (and wandb): one JSON object per log line or eval."""
-
-    def __init__(self, path, resume_iter=None, wandb_run=None):
-        self.path, self.wandb = path, wandb_run
-        if resume_iter is not None and os.path.exists(path):
-            # events past the checkpoint belong to the part of the old run that is being redone
-            kept = [line for line in open(path) if line.strip() and json.loads(line).get("iter", 0) <= resume_iter]
-            checkpoint_tmp = path + ".tmp"
-            with open(checkpoint_tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(checkpoint_tmp, path)
-        elif resume_iter is None and os.path.exists(path):
-            os.remove(path)
-        self.f = open(path, "a")
-
-    def log(self, event):
-        self.f.write(json.dumps(event) + "\n")
-        self.f.flush()
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in event.items() if k != "iter" and v is not None}, step=event["iter"])
-
-    def close(self):
-        self.f.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-def init_wandb(cfg):
-    import wandb
-    try:
-        return wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=config_dict(cfg), dir=cfg.out_dir)
-    except Exception as e:
-        raise UserError(f"wandb.init failed ({type(e).__name__}: {str(e).splitlines()[0][:150]}): run `wandb login`, "
-                        f"or set WANDB_MODE=offline to log locally") from None
-
-
 @torch.no_grad()
 def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1):
     """Mean loss per split over eval_iters batches of windows spread evenly over the split: the same
@@ -235,185 +213,461 @@ def fmt_time(s):
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-# ---------------------------------------------------------------------------------------------
+def available_memory(device):
+    """Free bytes on the device (CUDA), or the memory Linux says is available (CPU); None if unknown."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def out_of_memory_advice(cfg, need=None, have=None):
+    amounts = f" (it needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB are free)" if need and have else ""
+    return (f"out of memory{amounts}: lower --batch_size={cfg.batch_size} and raise --gradient_accumulation_steps to "
+            f"keep the tokens per step, or turn on --gradient_checkpointing=True, or shorten --block_size")
+
+
+def is_out_of_memory(e):
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
+class BadSteps:
+    """Decides which steps to skip: a non-finite loss or gradient, or a loss far above the recent
+    ones (robust z-score against the median and median absolute deviation of the last 100 steps)."""
+
+    def __init__(self, threshold, losses=()):
+        self.threshold = threshold
+        self.recent = deque(losses, maxlen=100)
+
+    def check(self, loss, grad_norm, scaler_on):
+        if not math.isfinite(loss):
+            return "non-finite loss"
+        if not math.isfinite(grad_norm) and not scaler_on:  # with fp16 the grad scaler handles overflows
+            return "non-finite gradient"
+        if self.threshold > 0 and len(self.recent) >= 20:
+            ordered = sorted(self.recent)
+            median = ordered[len(ordered) // 2]
+            mad = sorted(abs(x - median) for x in ordered)[len(ordered) // 2] * 1.4826  # ~ a standard deviation
+            if loss > median + self.threshold * max(mad, 0.01 * median):
+                return f"loss spike: {loss:.4f} against a recent median of {median:.4f}"
+        self.recent.append(loss)
+        return None
+
+
+class Trainer:
+    """One run: everything a checkpoint holds lives here, so resuming, rolling back after bad steps and
+    stopping on a signal all go through state_dict() and load_state_dict()."""
+
+    def __init__(self, cfg, overrides=None):
+        check_config(cfg)
+        self.rank, local_rank, self.world = setup_distributed(cfg)
+        self.master = self.rank == 0
+        device = resolve_device(cfg.device)
+        if self.world > 1 and device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        self.device, self.device_type = device, device.split(":")[0]
+        ckpt = None
+        if cfg.init_from == "resume":
+            ckpt, cfg = load_resume(cfg, overrides or {}, device)
+            check_config(cfg)
+        self.cfg = cfg
+        self.fsdp = cfg.fsdp and self.world > 1
+        self.dtype = resolve_dtype(cfg.dtype, self.device_type)
+        self.use_compile = cfg.compile if cfg.compile is not None else self.device_type == "cuda"
+        self.ctx = autocast(self.device_type, self.dtype)
+
+        self.data_dir = dataset_dir(cfg.dataset, cfg.data_root)
+        self.meta = read_meta(self.data_dir)
+        if ckpt is not None and not tokenizer.same_tokenizer(self.meta["tokenizer"], ckpt["tokenizer"]):
+            a, b = self.meta["tokenizer"], ckpt["tokenizer"]
+            raise UserError(f"dataset {self.data_dir} uses tokenizer {a['kind']} (vocab {a['vocab_size']}), but the "
+                            f"checkpoint was trained with {b['kind']} (vocab {b['vocab_size']}): resume on data "
+                            f"prepared with the same tokenizer, or start from scratch")
+        if self.master:
+            self.check_out_dir(resuming=ckpt is not None)
+        if self.device_type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls: ~free speed, a loss indistinguishable
+            torch.backends.cudnn.allow_tf32 = True
+
+        # data: each process takes its slice of one global stream of windows
+        self.loader = DataLoader(self.data_dir, "train", cfg.batch_size, cfg.block_size, cfg.seed, self.rank,
+                                 self.world, device)
+        self.eval_loaders = {split: DataLoader(self.data_dir, split, cfg.batch_size, cfg.block_size, device=device)
+                             for split in ("train", "val")}
+
+        # model and optimizer
+        self.model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                               bias=cfg.bias, vocab_size=self.meta["tokenizer"]["vocab_size"], dropout=cfg.dropout)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process (FSDP shards each one's copy)
+        self.raw_model = GPT(GPTConfig(**self.model_args))
+        torch.manual_seed(cfg.seed + self.rank)  # but each its own dropout
+        self.preflight()
+        self.raw_model.to(device)
+        self.raw_model.gradient_checkpointing = cfg.gradient_checkpointing
+        self.model = self.wrap(self.raw_model)
+        self.optimizer = self.raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
+                                                             (cfg.beta1, cfg.beta2), self.device_type)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
+        self.iter_num, self.best_val_loss, self.lr_scale = 0, float("inf"), 1.0
+        self.bad_steps = BadSteps(cfg.spike_threshold)
+        self.skipped_in_a_row = self.rollbacks = 0
+        self.loader_state = self.loader.state_dict()
+        if ckpt is not None:
+            self.load_state_dict(ckpt)
+            del ckpt
+        self.start_iter = self.iter_num
+        self.micro_steps = cfg.gradient_accumulation_steps // self.world
+        self.tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+        self.flops_per_token = self.raw_model.flops_per_token()
+        self.stop_signal = None
+        self.metrics = None
+        if self.master:
+            self.print_header()
+            self.metrics = Metrics(cfg.out_dir, self.iter_num if cfg.init_from == "resume" else None,
+                                   config_dict(cfg) if cfg.wandb_log else None)
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def check_out_dir(self, resuming):
+        out_dir = self.cfg.out_dir
+        os.makedirs(out_dir, exist_ok=True)
+        if not resuming and os.path.exists(os.path.join(out_dir, checkpoint.CKPT)):
+            raise UserError(f"{out_dir} already holds a run's {checkpoint.CKPT}: continue it with "
+                            f"--init_from=resume, or choose another --out_dir (nothing was overwritten)")
+        if not os.access(out_dir, os.W_OK):
+            raise UserError(f"out_dir {out_dir} is not writable")
+        for name in os.listdir(out_dir):  # half-written files of a killed run
+            if name.endswith(".tmp"):
+                os.remove(os.path.join(out_dir, name))
+
+    def preflight(self):
+        """What would otherwise fail later, checked before the first step."""
+        cfg, vocab = self.cfg, self.model_args["vocab_size"]
+        for split in ("train", "val"):
+            for path in shard_paths(self.data_dir, split):
+                top = read_header(path)[2]
+                if top >= vocab:
+                    raise UserError(f"{path} holds token id {top}, but the model's vocabulary has {vocab} ids: "
+                                    f"the data and the model use different tokenizers; re-run prepare.py")
+        if cfg.block_size > self.raw_model.config.block_size:
+            raise UserError(f"block_size={cfg.block_size} is longer than the model's position table "
+                            f"({self.raw_model.config.block_size})")
+        need = self.raw_model.estimate_memory(cfg.batch_size, 4 if self.dtype == "float32" else 2,
+                                              cfg.gradient_checkpointing)
+        have = available_memory(self.device)
+        if have is not None and need > have:
+            if self.device_type == "cpu":  # past this, Linux kills the process without a word
+                raise UserError(out_of_memory_advice(cfg, need, have))
+            if self.master:
+                print(f"warning: the estimate says this may not fit: {out_of_memory_advice(cfg, need, have)}")
+
+    def wrap(self, model):
+        """torch.compile, then DDP or FSDP across processes; returns what the training step calls."""
+        if self.fsdp:
+            from torch.distributed.fsdp import fully_shard
+            for block in model.transformer.h:  # each block gathers its weights only while it runs
+                fully_shard(block)
+            fully_shard(model)
+        if self.use_compile:
+            model = torch.compile(model)
+        if self.world > 1 and not self.fsdp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            model = DDP(model, device_ids=[self.device] if self.device_type == "cuda" else None)
+        return model
+
+    def print_header(self):
+        cfg, c = self.cfg, self.meta["counts"]
+        print(f"data {self.data_dir}: {c['train']['tokens']:,} train / {c['val']['tokens']:,} val tokens, "
+              f"tokenizer {self.meta['tokenizer']['kind']} (vocab {self.model_args['vocab_size']:,})")
+        print(f"model: {self.raw_model.get_num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers, "
+              f"{cfg.n_head} heads, {cfg.n_embd} wide, context {cfg.block_size}")
+        parallel = f", {self.world} processes ({'FSDP' if self.fsdp else 'DDP'})" if self.world > 1 else ""
+        print(f"{self.device} {self.dtype}{' compiled' if self.use_compile else ''}{parallel}: "
+              f"{self.tokens_per_iter:,} tokens per step ({self.micro_steps} x {cfg.batch_size} x {cfg.block_size}"
+              f"{f' x {self.world}' if self.world > 1 else ''}), learning rate {cfg.learning_rate:.2e}, "
+              f"{'resuming at' if self.iter_num else 'starting at'} step {self.iter_num} of {cfg.max_iters}")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _dcp_options(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def state_dict(self, full=True):
+        """The checkpoint. Under FSDP every process must call this (it gathers the shards)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        state = {"model": get_model_state_dict(self.raw_model, options=self._dcp_options()),
+                 "model_args": self.model_args, "config": config_dict(self.cfg), "tokenizer": self.meta["tokenizer"],
+                 "iter_num": self.iter_num, "best_val_loss": self.best_val_loss}
+        if full:
+            rng = {"torch": self.gather(torch.get_rng_state())}
+            if self.device_type == "cuda":
+                rng["cuda"] = self.gather(torch.cuda.get_rng_state(self.device))
+            # optimizer state keyed by parameter name, so a checkpoint moves between DDP and FSDP
+            state.update(optimizer=get_optimizer_state_dict(self.raw_model, self.optimizer, options=self._dcp_options()),
+                         scaler=self.scaler.state_dict(), loader=self.loader_state, rng=rng, lr_scale=self.lr_scale,
+                         recent_losses=list(self.bad_steps.recent))
+        return state
+
+    def gather(self, t):
+        """Every process's copy of a CPU tensor, stacked (one row per rank)."""
+        if self.world == 1:
+            return t[None]
+        parts = [None] * self.world
+        torch.distributed.all_gather_object(parts, t)  # works on every backend, and these are a few KB
+        return torch.stack(parts)
+
+    def load_state_dict(self, ckpt):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+        set_model_state_dict(self.raw_model, ckpt["model"], options=self._dcp_options())
+        set_optimizer_state_dict(self.raw_model, self.optimizer, ckpt["optimizer"], options=self._dcp_options())
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.loader.load_state_dict(ckpt["loader"])
+        self.loader_state = self.loader.state_dict()
+        self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        self.lr_scale = ckpt.get("lr_scale", 1.0)
+        self.bad_steps = BadSteps(self.cfg.spike_threshold, ckpt.get("recent_losses", ()))
+        states = ckpt["rng"]["torch"]
+        if len(states) == self.world:
+            torch.set_rng_state(states[self.rank].cpu())
+        else:  # another number of processes: the data order continues, dropout draws anew
+            torch.manual_seed(self.cfg.seed + self.rank + self.iter_num)
+        if self.device_type == "cuda" and len(ckpt["rng"].get("cuda", [])) == self.world:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][self.rank].cpu(), self.device)
+
+    def save(self, best=False):
+        """Write ckpt.pt (or best.pt, weights only); with keep_last_n, keep older ckpt.pt's by hard link."""
+        state = self.state_dict(full=not best)
+        if not self.master:
+            return
+        out = self.cfg.out_dir
+        path = os.path.join(out, checkpoint.BEST if best else checkpoint.CKPT)
+        checkpoint.save(state, path)
+        if best or not self.cfg.keep_last_n:
+            return
+        numbered = os.path.join(out, f"ckpt_{self.iter_num:07d}.pt")
+        if os.path.exists(numbered):
+            os.remove(numbered)
+        os.link(path, numbered)  # costs no space until ckpt.pt is replaced
+        old = sorted(f for f in os.listdir(out) if f.startswith("ckpt_") and f.endswith(".pt"))
+        for f in old[:-self.cfg.keep_last_n]:
+            os.remove(os.path.join(out, f))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def fetch(self):
+        # remember where the batch came from: a checkpoint written before it is trained on restarts here
+        self.loader_state = self.loader.state_dict()
+        self.X, self.Y = self.loader.next_batch()
+
+    def step(self):
+        """One optimizer step of micro_steps micro-batches; returns (loss, grad_norm, skip reason)."""
+        cfg = self.cfg
+        lr = get_lr(self.iter_num, cfg) * self.lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.micro_steps):
+            if self.world > 1 and not self.fsdp:  # all-reduce the gradients only on the last micro-batch
+                self.model.require_backward_grad_sync = micro == self.micro_steps - 1
+            with self.ctx:
+                _, loss = self.model(self.X, self.Y)
+                loss = loss / self.micro_steps
+            loss_sum += loss.detach()
+            self.fetch()  # the next batch, while the GPU works on this one
+            self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
+                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded norm
+            grad_norm = grad_norm.full_tensor()
+        if self.world > 1:
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= self.world
+        # one device sync per step: the skip decision needs the numbers
+        loss_val, norm_val = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
+        reason = self.bad_steps.check(loss_val, norm_val, self.scaler.is_enabled())
+        if reason is None:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iter_num += 1
+        return loss_val, norm_val, lr, reason
+
+    def skip(self, loss, grad_norm, reason):
+        self.skipped_in_a_row += 1
+        if self.master:
+            print(f"step {self.iter_num}: skipped ({reason})")
+            self.metrics.log({"iter": self.iter_num, "skipped": reason, "loss": loss, "grad_norm": grad_norm})
+        if self.skipped_in_a_row >= self.cfg.max_skipped_steps:
+            self.rollback()
+
+    def rollback(self):
+        """Back to the last checkpoint, with half the learning rate."""
+        path = os.path.join(self.cfg.out_dir, checkpoint.CKPT)
+        self.rollbacks += 1
+        if self.rollbacks > 5:
+            raise UserError(f"training keeps failing: rolled back to {path} five times; lower learning_rate, "
+                            f"raise warmup_iters, or check the data")
+        failed_at = self.iter_num
+        self.load_state_dict(checkpoint.load(path, self.device))
+        self.lr_scale *= 0.5 ** self.rollbacks
+        self.skipped_in_a_row = 0
+        self.fetch()
+        if self.master:
+            print(f"{self.cfg.max_skipped_steps} bad steps in a row at step {failed_at}: rolled back to step "
+                  f"{self.iter_num} ({path}) with the learning rate scaled by {self.lr_scale:g}")
+            self.metrics.log({"iter": self.iter_num, "rollback_from": failed_at, "lr_scale": self.lr_scale})
+
+    def eval_and_checkpoint(self, at_end):
+        cfg = self.cfg
+        losses = evaluate(self.model, self.eval_loaders, cfg.eval_iters, self.ctx, self.rank, self.world)
+        improved = losses["val"] < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, losses["val"])
+        sample = self.eval_sample()
+        if self.master:
+            ppl = math.exp(min(losses["val"], 50))
+            print(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                  f"(perplexity {ppl:.2f}){' best' if improved else ''}")
+            if sample is not None:
+                print(f"sample: {sample!r}")
+                self.metrics.log_sample(self.iter_num, sample)
+            self.metrics.log({"iter": self.iter_num, "tokens": self.iter_num * self.tokens_per_iter,
+                              "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
+                              "train_ppl": math.exp(min(losses["train"], 50)), "time": round(time.time() - self.t0, 3)})
+            if cfg.plot:
+                self.metrics.plot()
+        if cfg.eval_only:
+            return
+        if improved and self.iter_num > 0:
+            self.save(best=True)
+        if cfg.always_save_checkpoint or improved or at_end or self.iter_num == 0:
+            self.save()  # at step 0 too: the first rollback target
+            self.rollbacks = 0
+
+    def eval_sample(self):
+        """A short sample from the model: quality you can read, next to the loss."""
+        cfg = self.cfg
+        if cfg.sample_tokens <= 0 or not (self.master or self.fsdp):  # FSDP: every process takes part
+            return None
+        try:
+            if not hasattr(self, "tokenizer"):
+                self.tokenizer = tokenizer.from_meta(self.meta["tokenizer"])
+            t = self.tokenizer
+            ids = (t.encode(cfg.sample_prompt) if cfg.sample_prompt else [t.eot_id])[-cfg.block_size:]
+        except UserError as e:
+            print(f"warning: no samples at evals: {e}")
+            self.cfg.sample_tokens = 0
+            return None
+        # a generator of its own: sampling must not move the training's random state
+        g = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        with self.ctx:
+            out = self.raw_model.generate([ids], cfg.sample_tokens, temperature=0.8, top_k=200, eot_id=t.eot_id,
+                                          generator=g)
+        return cfg.sample_prompt + t.decode(out[0])
+
+    def check_stop(self):
+        """Whether a signal asked to stop (under DDP: any process got one)."""
+        flag = self.stop_signal or 0
+        if self.world > 1:
+            t = torch.tensor([flag], device=self.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flag = int(t.item())
+        return flag
+
+    def on_signal(self, signum, frame):
+        if self.stop_signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        if self.master:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop at once)",
+                  flush=True)
+
+    def run(self):
+        cfg = self.cfg
+        handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._loop()
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise UserError(out_of_memory_advice(cfg)) from None
+            raise
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if self.metrics is not None:
+                self.metrics.close()
+            if self.world > 1:
+                torch.distributed.barrier()  # let rank 0 finish writing before any process leaves
+                torch.distributed.destroy_process_group()
+
+    def _loop(self):
+        cfg = self.cfg
+        self.fetch()
+        self.t0 = t_log = time.time()
+        losses, stopped = [], 0
+        while True:
+            at_end = self.iter_num >= cfg.max_iters or cfg.eval_only
+            fresh_start = self.iter_num == 0 and cfg.init_from != "resume"
+            if (self.iter_num % cfg.eval_interval == 0 and self.iter_num != self.start_iter) or at_end or fresh_start:
+                t_eval = time.time()
+                self.eval_and_checkpoint(at_end)
+                t_log += time.time() - t_eval  # evals are not training time: keep them out of tokens/s
+            if at_end:
+                break
+            loss, grad_norm, lr, reason = self.step()
+            if reason is not None:
+                self.skip(loss, grad_norm, reason)
+            else:
+                self.skipped_in_a_row = 0
+                losses.append(loss)
+            if losses and (self.iter_num % cfg.log_interval == 0 or self.iter_num == cfg.max_iters):
+                t_log = self.log_step(losses, grad_norm, lr, t_log)
+                losses = []
+            stopped = self.check_stop()
+            if stopped:
+                self.save()
+                if self.master:
+                    print(f"stopped at step {self.iter_num}: saved {os.path.join(cfg.out_dir, checkpoint.CKPT)}; "
+                          f"continue with --init_from=resume --out_dir={cfg.out_dir}")
+                break
+        if self.master and not stopped:
+            print(f"done: {self.iter_num} steps in {fmt_time(time.time() - self.t0)}, best val loss "
+                  f"{self.best_val_loss:.4f}; checkpoints in {cfg.out_dir}")
+        return {"iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "out_dir": cfg.out_dir,
+                "stopped_by": stopped}
+
+    def log_step(self, losses, grad_norm, lr, t_log):
+        now = time.time()
+        tok_s = len(losses) * self.tokens_per_iter / max(now - t_log, 1e-9)
+        mfu = estimate_mfu(self.flops_per_token, tok_s / self.world, self.device)
+        done = self.iter_num - self.start_iter
+        eta = (now - self.t0) / done * (self.cfg.max_iters - self.iter_num)
+        loss = sum(losses) / len(losses)
+        if self.master:
+            print(f"iter {self.iter_num}/{self.cfg.max_iters}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tok/s"
+                  f"{f', mfu {mfu * 100:.1f}%' if mfu is not None else ''}, eta {fmt_time(eta)}")
+            self.metrics.log({"iter": self.iter_num, "tokens": self.iter_num * self.tokens_per_iter, "loss": loss,
+                              "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": round(tok_s, 1), "mfu": mfu,
+                              "time": round(now - self.t0, 3)})
+        return now
+
 
 def train(cfg, overrides=None):
     """Train as cfg says; returns a summary dict. overrides: the keys the user set explicitly
     (they win over a resumed checkpoint's config)."""
-    check_config(cfg)
-    rank, local_rank, world = setup_distributed(cfg)
-    master = rank == 0
-    device = resolve_device(cfg.device)
-    if world > 1 and device.startswith("cuda"):
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
-    device_type = device.split(":")[0]
-
-    ckpt = None
-    if cfg.init_from == "resume":
-        ckpt, cfg = load_resume(cfg, overrides or {}, device)
-        check_config(cfg)
-    dtype = resolve_dtype(cfg.dtype, device_type)
-    use_compile = cfg.compile if cfg.compile is not None else device_type == "cuda"
-    ctx = autocast(device_type, dtype)
-
-    data_dir = dataset_dir(cfg.dataset, cfg.data_root)
-    meta = read_meta(data_dir)
-    if ckpt is not None and not same_tokenizer(meta["tokenizer"], ckpt["tokenizer"]):
-        a, b = meta["tokenizer"], ckpt["tokenizer"]
-        raise UserError(f"dataset {data_dir} uses tokenizer {a['kind']} (vocab {a['vocab_size']}), but the checkpoint "
-                        f"was trained with {b['kind']} (vocab {b['vocab_size']}): resume on data prepared with the "
-                        f"same tokenizer, or start from scratch")
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if ckpt is None and os.path.exists(os.path.join(cfg.out_dir, checkpoint.CKPT)):
-            raise UserError(f"{cfg.out_dir} already holds a run's {checkpoint.CKPT}: continue it with "
-                            f"--init_from=resume, or choose another --out_dir (nothing was overwritten)")
-        if not os.access(cfg.out_dir, os.W_OK):
-            raise UserError(f"out_dir {cfg.out_dir} is not writable")
-
-    torch.manual_seed(cfg.seed + rank)
-    if device_type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls: ~free speed, a loss indistinguishable
-        torch.backends.cudnn.allow_tf32 = True
-
-    # data: each process takes its slice of one global stream of windows
-    loader = DataLoader(data_dir, "train", cfg.batch_size, cfg.block_size, cfg.seed, rank, world, device)
-    eval_loaders = {split: DataLoader(data_dir, split, cfg.batch_size, cfg.block_size, device=device)
-                    for split in ("train", "val")}
-
-    # model
-    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                      bias=cfg.bias, vocab_size=meta["tokenizer"]["vocab_size"], dropout=cfg.dropout)
-    model = GPT(GPTConfig(**model_args)).to(device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    iter_num, best_val_loss = 0, float("inf")
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        loader.load_state_dict(ckpt["loader"])
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if device_type == "cuda" and len(ckpt["rng"]["cuda"]):
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-        del ckpt
-    raw_model = model
-    if use_compile:
-        model = torch.compile(model)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-
-    micro_steps = cfg.gradient_accumulation_steps // world
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    flops_per_token = raw_model.flops_per_token()
-    metrics = None
-    if master:
-        c = meta["counts"]
-        print(f"data {data_dir}: {c['train']['tokens']:,} train / {c['val']['tokens']:,} val tokens, "
-              f"tokenizer {meta['tokenizer']['kind']} (vocab {model_args['vocab_size']:,})")
-        print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers, {cfg.n_head} heads, "
-              f"{cfg.n_embd} wide, context {cfg.block_size}")
-        print(f"{device} {dtype}{' compiled' if use_compile else ''}{f', {world} processes' if world > 1 else ''}: "
-              f"{tokens_per_iter:,} tokens per step ({micro_steps} x {cfg.batch_size} x {cfg.block_size}"
-              f"{f' x {world}' if world > 1 else ''}), {'resuming at' if iter_num else 'starting at'} step {iter_num}"
-              f" of {cfg.max_iters}")
-        metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), iter_num if cfg.init_from == "resume" else None,
-                          init_wandb(cfg) if cfg.wandb_log else None)
-
-    def save(path, full):
-        state = {"model": raw_model.state_dict(), "model_args": model_args, "config": config_dict(cfg),
-                 "tokenizer": meta["tokenizer"], "iter_num": iter_num, "best_val_loss": best_val_loss}
-        if full:
-            state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), loader=loader_state,
-                         rng={"torch": torch.get_rng_state(),
-                              "cuda": torch.cuda.get_rng_state(device) if device_type == "cuda" else torch.zeros(0)})
-        checkpoint.save(state, path)
-
-    # the loop: evaluate and checkpoint at the top, then one optimizer step of micro_steps micro-batches
-    loader_state = loader.state_dict()  # the position of the batch not yet trained on: what a resume restores
-    X, Y = loader.next_batch()
-    start_iter, t_start, t_log, iters_since_log = iter_num, time.time(), time.time(), 0
-    loss_sum, grad_norm = torch.zeros((), device=device), None
-    while True:
-        lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        at_end = iter_num >= cfg.max_iters or cfg.eval_only
-        if (iter_num % cfg.eval_interval == 0 or at_end) and (iter_num > start_iter or iter_num == 0 or at_end):
-            t_eval = time.time()
-            losses = evaluate(model, eval_loaders, cfg.eval_iters, ctx, rank, world)
-            if master:
-                improved = losses["val"] < best_val_loss
-                best_val_loss = min(best_val_loss, losses["val"])
-                ppl = math.exp(min(losses["val"], 50))
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                      f"(perplexity {ppl:.2f}){' best' if improved else ''}")
-                metrics.log({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_loss": losses["train"],
-                             "val_loss": losses["val"], "val_ppl": ppl, "train_ppl": math.exp(min(losses["train"], 50)),
-                             "time": round(time.time() - t_start, 3)})
-                if iter_num > 0 and not cfg.eval_only:
-                    if improved:
-                        save(os.path.join(cfg.out_dir, checkpoint.BEST), full=False)
-                    if cfg.always_save_checkpoint or improved or at_end:
-                        save(os.path.join(cfg.out_dir, checkpoint.CKPT), full=True)
-            t_log += time.time() - t_eval  # evals are not training time: keep them out of tokens/s
-        if at_end:
-            break
-
-        for micro in range(micro_steps):
-            if world > 1:  # all-reduce the gradients only on the last micro-batch
-                model.require_backward_grad_sync = micro == micro_steps - 1
-            with ctx:
-                _, loss = model(X, Y)
-                loss = loss / micro_steps
-            loss_sum += loss.detach()
-            # fetch the next batch while the GPU is busy with this one
-            loader_state = loader.state_dict()
-            X, Y = loader.next_batch()
-            scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
-        iters_since_log += 1
-
-        if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
-            if world > 1:
-                torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
-            lossf = loss_sum.item() / iters_since_log  # .item() waits for the GPU: only at log time
-            now = time.time()
-            tok_s = iters_since_log * tokens_per_iter / max(now - t_log, 1e-9)
-            mfu = estimate_mfu(flops_per_token, tok_s / world, device)
-            eta = (now - t_start) / (iter_num - start_iter) * (cfg.max_iters - iter_num)
-            if master:
-                print(f"iter {iter_num}/{cfg.max_iters}: loss {lossf:.4f}, lr {lr:.2e}, {tok_s:,.0f} tok/s"
-                      f"{f', mfu {mfu * 100:.1f}%' if mfu is not None else ''}, eta {fmt_time(eta)}")
-                metrics.log({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "loss": lossf, "lr": lr,
-                             "grad_norm": None if grad_norm is None else grad_norm.item(),
-                             "tokens_per_sec": round(tok_s, 1), "mfu": mfu, "time": round(now - t_start, 3)})
-            loss_sum.zero_()
-            t_log, iters_since_log = now, 0
-
-    if master:
-        metrics.close()
-        print(f"done: {iter_num} steps in {fmt_time(time.time() - t_start)}, best val loss {best_val_loss:.4f}; "
-              f"checkpoints in {cfg.out_dir}")
-    if world > 1:
-        torch.distributed.barrier()  # let rank 0 finish writing before any process leaves
-        torch.distributed.destroy_process_group()
-    return {"iter_num": iter_num, "best_val_loss": best_val_loss, "out_dir": cfg.out_dir}
+    return Trainer(cfg, overrides).run()
 
 
 def main(argv=None):
     overrides = parse_overrides(TrainConfig, argv, prog="train.py")
-    train(TrainConfig(**overrides), overrides)
+    result = train(TrainConfig(**overrides), overrides)
+    if result["stopped_by"]:
+        sys.exit(128 + result["stopped_by"])  # the shell's convention for "ended by signal N", after a clean save
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def tiny_train_config(data_root, out_dir, **overrides):
     kw = dict(dataset="tiny_char", data_root=data_root, out_dir=str(out_dir), n_layer=2, n_head=2, n_embd=32,
               block_size=32, batch_size=4, gradient_accumulation_steps=1, max_iters=10, lr_decay_iters=10,
               warmup_iters=2, learning_rate=3e-3, min_lr=3e-4, eval_interval=5, eval_iters=2, log_interval=1,
-              device="cpu", compile=False, dropout=0.0)
+              device="cpu", compile=False, dropout=0.0, sample_tokens=0, plot=False)
     kw.update(overrides)
     return TrainConfig(**kw)
 

@@ -40,9 +40,12 @@ def test_readme_chain_prepare_train_sample(workdir, tokenizer):
     r = cli("prepare.py", "--input", "corpus.txt", "--tokenizer", tokenizer, "--name", f"c_{tokenizer}", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert f"wrote data/c_{tokenizer}" in r.stdout
-    r = cli("train.py", "--dataset", f"c_{tokenizer}", "--out_dir", f"out/{tokenizer}", *TRAIN, cwd=workdir)
+    observe = [] if tokenizer == "char" else ["--plot=False", "--sample_tokens=0"]  # the defaults, once
+    r = cli("train.py", "--dataset", f"c_{tokenizer}", "--out_dir", f"out/{tokenizer}", *TRAIN, *observe, cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "step 40: train loss" in r.stdout and "iter 40/40" in r.stdout
+    if tokenizer == "char":
+        assert r.stdout.count("sample: ") == 3 and (workdir / "out" / "char" / "loss.png").exists()
     r = cli("sample.py", "--start", "ROMEO:", "--max_new_tokens", "30", "--num_samples", "2", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("ROMEO:") == 2 and f"out/{tokenizer}/best.pt" in r.stderr
@@ -52,7 +55,7 @@ def test_shakespeare_config_file_with_overrides(workdir):
     r = cli("prepare.py", "--input", SHAKESPEARE, "--tokenizer=char", "--name=shakespeare_char", cwd=workdir)
     assert r.returncode == 0, r.stderr
     r = cli("train.py", os.path.join(ROOT, "config", "shakespeare_char.py"), *TRAIN, "--max_iters=2",
-            "--eval_interval=2", "--out_dir=out/cfg", cwd=workdir)
+            "--eval_interval=2", "--out_dir=out/cfg", "--plot=False", "--sample_tokens=0", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "context 32" in r.stdout and "8 x 32" in r.stdout  # the command line won over the file
     r = cli("train.py", "--init_from=resume", "--out_dir=out/cfg", "--max_iters=4", cwd=workdir)

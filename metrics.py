@@ -1,0 +1,97 @@
+"""
+What a run reports: metrics.jsonl (one JSON object per log line or eval), the same events in
+Weights & Biases when asked, and loss.png, a loss curve refreshed at every eval, because people
+would rather look at a curve than read numbers.
+"""
+
+import html
+import json
+import os
+
+from configurator import UserError
+
+
+def read_events(path):
+    """The events in a metrics.jsonl; a line cut short by a crash is skipped."""
+    events = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return events
+
+
+class Metrics:
+
+    def __init__(self, out_dir, resume_iter=None, wandb_config=None):
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.png = os.path.join(out_dir, "loss.png")
+        # a resumed run redoes the steps after its checkpoint: drop what the old run logged for them
+        kept = [e for e in read_events(self.path) if e.get("iter", 0) <= resume_iter] if resume_iter is not None else []
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(e) + "\n" for e in kept)
+        os.replace(tmp, self.path)
+        self.f = open(self.path, "a")
+        self.wandb = init_wandb(wandb_config, out_dir) if wandb_config is not None else None
+
+    def log(self, event):
+        self.f.write(json.dumps(event) + "\n")
+        self.f.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in event.items() if k != "iter" and isinstance(v, (int, float))},
+                           step=event["iter"])
+
+    def log_sample(self, it, text):
+        if self.wandb is not None:
+            import wandb
+            self.wandb.log({"sample": wandb.Html(f"<pre>{html.escape(text)}</pre>")}, step=it)
+
+    def plot(self):
+        plot_losses(read_events(self.path), self.png)
+
+    def close(self):
+        self.f.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def init_wandb(config, out_dir):
+    import wandb
+    try:
+        return wandb.init(project=config["wandb_project"], name=config["wandb_run_name"], config=config, dir=out_dir)
+    except Exception as e:
+        raise UserError(f"wandb.init failed ({type(e).__name__}: {str(e).splitlines()[0][:150]}): run `wandb login`, "
+                        f"or set WANDB_MODE=offline to log locally") from None
+
+
+def plot_losses(events, path):
+    """Training loss per logged step and train/val loss per eval, against tokens seen."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    steps = [e for e in events if "loss" in e and "tokens" in e]
+    evals = [e for e in events if "val_loss" in e and "tokens" in e]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if steps:
+        ax.plot([e["tokens"] for e in steps], [e["loss"] for e in steps], color="tab:blue", alpha=0.35,
+                linewidth=1, label="train (step)")
+    for key, color in (("train_loss", "tab:blue"), ("val_loss", "tab:orange")):
+        if evals:
+            ax.plot([e["tokens"] for e in evals], [e[key] for e in evals], "o-", color=color, markersize=3,
+                    label=key.replace("_loss", " (eval)"))
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss")
+    if evals:
+        best = min(evals, key=lambda e: e["val_loss"])
+        ax.set_title(f"best val loss {best['val_loss']:.4f} at step {best['iter']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
