@@ -158,7 +158,7 @@ def format_help(cls, prog, usage):
     return "\n".join(lines)
 
 
-def _unknown_key(key, valid, where):
+def unknown_key(key, valid, where):
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else " (see --help for the valid keys)"
     return UserError(f"unknown config key '{key}' {where}{hint}")
@@ -166,7 +166,7 @@ def _unknown_key(key, valid, where):
 
 def _set(values, fields, key, raw, where, parsed=None):
     if key not in fields:
-        raise _unknown_key(key, list(fields), where)
+        raise unknown_key(key, list(fields), where)
     value = parsed
     if value is None:
         value = _parse_literal(raw)
@@ -223,7 +223,7 @@ def parse_overrides(cls, argv=None, prog=None, usage="[config.py ...] [--key=val
             for key, value in load_config_file(arg).items():
                 if callable(value):  # derived: checked once the command line has had its say
                     if key not in fields:
-                        raise _unknown_key(key, list(fields), f"in {arg}")
+                        raise unknown_key(key, list(fields), f"in {arg}")
                     values[key] = _Derived(value, arg)
                 else:
                     _set(values, fields, key, repr(value), f"in {arg}", parsed=value)
@@ -231,7 +231,7 @@ def parse_overrides(cls, argv=None, prog=None, usage="[config.py ...] [--key=val
         key, eq, raw = arg[2:].partition("=")
         key = key.replace("-", "_")
         if key not in fields:
-            raise _unknown_key(key, list(fields), "on the command line")
+            raise unknown_key(key, list(fields), "on the command line")
         if eq:
             _set(values, fields, key, raw, "on the command line")
             continue
@@ -270,7 +270,7 @@ def _resolve(cls, values):
 
     def get(key):
         if key not in fields:
-            raise _unknown_key(key, list(fields), "in a derived config value")
+            raise unknown_key(key, list(fields), "in a derived config value")
         if key not in done:
             value = values.get(key, defaults[key])
             if isinstance(value, _Derived):

@@ -3,173 +3,132 @@ Prepare a dataset: text -> tokens -> shards + meta.json in data/<name>/.
 
     python prepare.py                                      # TinyStories from the Hugging Face Hub
     python prepare.py --input ../shared/data/tinyshakespeare.txt --tokenizer char --name shakespeare_char
+    python prepare.py --dataset wikimedia/wikipedia --config 20231101.en --split 'train[:10000]' \\
+                      --dataset roneneldan/TinyStories --weight 0.5 ... --weight 0.5 --name mix
+    python prepare.py --dataset HuggingFaceFW/fineweb --streaming --max_tokens 100_000_000 --tokenizer bpe
 
-Every document ends with the end-of-text token. Tokenization runs on all
-cores; memory stays bounded by the work in flight, not the corpus. Nothing
-is final until meta.json is written, and an existing dataset is only
-replaced with --overwrite, after the new one is complete.
+Each --dataset or --input starts a source; --config, --split, --text_column and --weight after it
+belong to it. Every document ends with the end-of-text token. Tokenization runs on all cores;
+memory stays bounded by the work in flight, not the corpus. Nothing is final until meta.json is
+written, and an existing dataset is only replaced with --overwrite, after the new one is complete.
 """
 
-import glob
-import json
 import os
 import shutil
-import socket
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Optional
-from urllib.parse import urlparse
 
 import numpy as np
 
 import tokenizer as tok
-from configurator import UserError, parse_args, run
-from shards import shard_paths, token_dtype, write_meta, write_shard, VERSION
+from configurator import UserError, format_help, parse_args, run, unknown_key
+from shards import ShardWriter, shard_paths, token_dtype, write_meta, VERSION
+from sources import Source, SourceConfig
 
-HF_DEFAULT = "roneneldan/TinyStories"
+DEFAULT_DATASET = "roneneldan/TinyStories"
 PIECE_CHARS = 1 << 20  # long documents are tokenized in pieces of about this many characters
 
 
 @dataclass
 class PrepareConfig:
-    """Tokenize text into shards for train.py: TinyStories by default, or local files with --input."""
-    input: list[str] = field(default_factory=list)  # local .txt files (one document each), .jsonl files (one document per line), folders or globs; none: TinyStories from the Hub
-    name: str = ""  # output folder data/<name>/ (default: tinystories, or the first input's file name)
-    tokenizer: str = "gpt2"  # gpt2 (GPT-2 BPE through tiktoken) or char (one id per character seen)
-    text_column: str = "text"  # the field that holds the text in .jsonl lines and Hub datasets
-    val_fraction: Optional[float] = None  # the last fraction of the tokens kept for validation (default: 0.1, or 0 when the source has a validation split)
+    """Tokenize text into shards for train.py: TinyStories by default, or --input files, or --dataset NAME
+    (repeat --dataset / --input to mix several sources)."""
+    name: str = ""  # output folder data/<name>/ (default: from the first source, e.g. tinystories)
+    tokenizer: str = "gpt2"  # gpt2 (GPT-2 BPE through tiktoken), char (one id per character seen), or bpe (trained here)
+    vocab_size: int = 8192  # vocabulary of a trained bpe tokenizer
+    val_fraction: Optional[float] = None  # for sources without a validation split: the last fraction of the text held out (default 0.1)
+    streaming: bool = False  # stream Hub datasets instead of downloading them first (for corpora larger than your disk cache)
+    max_tokens: int = 0  # cap on the training tokens taken, over all sources (0: no cap)
+    seed: int = 1337  # the document order of a mix of sources
     data_root: str = "data"  # where prepared datasets go
     num_proc: int = 0  # tokenizer processes (0: one per core)
     shard_tokens: int = 100_000_000  # tokens per shard file
     overwrite: bool = False  # replace an existing prepared dataset of the same name
 
 
-# ---------------------------------------------------------------------------
-# sources: each split is an iterable of documents (strings); stats count what was skipped or repaired
-
 class Stats:
     def __init__(self):
-        self.documents = self.empty = self.bad_utf8 = self.bytes = 0
-
-
-def decode_utf8(raw):
-    """The text, and how many invalid UTF-8 sequences were replaced by U+FFFD."""
-    try:
-        return raw.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        return text, text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
-
-
-def _read_text(path, stats):
-    raw = open(path, "rb").read()
-    stats.bytes += len(raw)
-    text, bad = decode_utf8(raw)
-    stats.bad_utf8 += bad
-    return text
-
-
-def expand_inputs(patterns):
-    """Files named by paths, folders (their .txt and .jsonl files, recursively) and globs, in a stable order."""
-    files = []
-    for p in patterns:
-        if os.path.isdir(p):
-            found = [os.path.join(r, f) for r, _, fs in os.walk(p) for f in fs if f.endswith((".txt", ".jsonl"))]
-            if not found:
-                raise UserError(f"folder {p} has no .txt or .jsonl files")
-            files += sorted(found)
-        elif os.path.isfile(p):
-            files.append(p)
-        else:
-            matches = sorted(m for m in glob.glob(p, recursive=True) if os.path.isfile(m))
-            if not matches:
-                raise UserError(f"--input {p}: no such file, folder or matching files")
-            files += matches
-    return list(dict.fromkeys(files))  # a file named twice is read once
-
-
-def local_documents(files, text_column, stats):
-    for path in files:
-        text = _read_text(path, stats)
-        if not path.endswith(".jsonl"):
-            yield text
-            continue
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or text_column not in record:
-                keys = list(record) if isinstance(record, dict) else type(record).__name__
-                raise UserError(f"{path}:{n}: no field '{text_column}' (found {keys}); choose one with --text_column")
-            yield str(record[text_column])
-
-
-def check_hub_reachable(name):
-    """Fail in seconds, not after datasets' minute of retries, when the Hub cannot be reached."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
-            os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return  # the user asked for the local cache
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
-    except OSError as e:
-        raise UserError(
-            f"cannot reach the Hugging Face Hub ({url.hostname}: {e.strerror or e}) to download {name}. "
-            f"Prepare local files instead (python prepare.py --input FILE_OR_FOLDER ...), or set HF_HUB_OFFLINE=1 "
-            f"to use a copy already in your Hugging Face cache") from None
-
-
-def hub_splits(name, text_column, stats):
-    """{'train': documents, 'val': documents or None} from a Hugging Face dataset."""
-    check_hub_reachable(name)
-    try:
-        import datasets
-        ds = datasets.load_dataset(name)
-    except Exception as e:
-        raise UserError(f"could not load {name} from the Hugging Face Hub: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-    if "train" not in ds:
-        raise UserError(f"{name} has no train split (it has {list(ds)})")
-    if text_column not in ds["train"].column_names:
-        raise UserError(f"{name} has no column '{text_column}' (columns: {ds['train'].column_names}); "
-                        f"choose one with --text_column")
-    val = next((s for s in ("validation", "valid", "val", "test") if s in ds), None)
-
-    def docs(split):
-        for batch in ds[split].iter(batch_size=1000):
-            for text in batch[text_column]:
-                stats.bytes += len(text)
-                yield text or ""
-    return {"train": lambda: docs("train"), "val": (lambda: docs(val)) if val else None}, val
+        self.documents = self.empty = 0
 
 
 # ---------------------------------------------------------------------------
-# tokenization: documents -> pieces -> worker processes -> token arrays, in order
+# command line: global options, then one group of options per source
 
-def pieces(documents, stats):
-    """(text, is_last_piece) tuples. A long document is cut just before a newline that follows a
+SOURCE_KEYS = {f.name for f in fields(SourceConfig)}
+
+
+def split_argv(argv):
+    """(global arguments, [arguments of each source]): --dataset or --input starts a new source."""
+    globals_, groups, current = [], [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key = arg[2:].partition("=")[0].replace("-", "_") if arg.startswith("--") else None
+        j = i + 1
+        if key is not None and "=" not in arg:  # the values that follow the flag belong to it
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+        if key in SOURCE_KEYS:
+            starts = key in ("dataset", "input")
+            if starts and any(a.startswith(("--dataset", "--input")) for a in current):
+                groups.append(current)
+                current = []
+            current += argv[i:j]
+        else:
+            globals_ += argv[i:j]
+        i = j
+    if current:
+        groups.append(current)
+    return globals_, groups
+
+
+def parse_command_line(argv):
+    if any(a in ("-h", "--help") for a in argv):
+        print(format_help(PrepareConfig, "prepare.py", "[--key=value ...] [--dataset NAME | --input PATH ...] "
+                                                       "[source options] ..."))
+        print("\n" + format_help(SourceConfig, "", "").split("\n", 2)[2])
+        sys.exit(0)
+    globals_, groups = split_argv(argv)
+    valid = [f.name for f in fields(PrepareConfig)] + sorted(SOURCE_KEYS)
+    for arg in globals_:  # say which key was meant, whether a global or a source option
+        key = arg[2:].partition("=")[0].replace("-", "_") if arg.startswith("--") else None
+        if key is not None and key not in valid:
+            raise unknown_key(key, valid, "on the command line")
+    cfg = parse_args(PrepareConfig, globals_, prog="prepare.py")
+    specs = [parse_args(SourceConfig, g, prog="prepare.py") for g in groups] or [SourceConfig()]
+    for s in specs:
+        if not s.dataset and not s.input:
+            s.dataset = DEFAULT_DATASET
+    return cfg, specs
+
+
+# ---------------------------------------------------------------------------
+# tokenization: pieces -> worker processes -> token arrays, in order
+
+def pieces(items, stats):
+    """Split long texts so workers share them. A cut goes just before a newline that follows a
     non-space character: GPT-2's pre-tokenizer splits there whatever comes next, and its pattern looks
-    only forward, so the pieces' tokens are exactly the document's."""
-    for doc in documents:
-        stats.documents += 1
-        if not doc.strip():
-            stats.empty += 1
+    only forward, so the pieces' tokens are exactly the whole text's."""
+    for text, ends_doc in items:
+        if ends_doc:
+            stats.documents += 1
+        if not text.strip():
+            if ends_doc:
+                stats.empty += 1
             continue
         start = 0
-        while len(doc) - start > PIECE_CHARS:
-            cut = doc.find("\n", start + PIECE_CHARS)
-            while cut != -1 and doc[cut - 1].isspace():
-                cut = doc.find("\n", cut + 1)
+        while len(text) - start > PIECE_CHARS:
+            cut = text.find("\n", start + PIECE_CHARS)
+            while cut != -1 and text[cut - 1].isspace():
+                cut = text.find("\n", cut + 1)
             if cut == -1:
                 break
-            yield doc[start:cut], False
+            yield text[start:cut], False
             start = cut
-        yield doc[start:], True
+        yield text[start:], ends_doc
 
 
 def batches(items, max_chars=PIECE_CHARS, max_items=1024):
@@ -189,19 +148,24 @@ _worker_tokenizer = None
 
 def _init_worker(meta):
     global _worker_tokenizer
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
     _worker_tokenizer = tok.from_meta(meta)
 
 
 def encode_batch(batch):
-    """Token array for a batch of pieces, with end-of-text after each document's last piece."""
+    """(tokens, document ends): the tokens of a batch of pieces, with end-of-text after each document's
+    last piece, and the position just after each end-of-text."""
     t = _worker_tokenizer
     dtype = token_dtype(t.vocab_size)
-    out = []
+    out, ends, n = [], [], 0
     for ids, (_, last) in zip(t.encode_batch([text for text, _ in batch]), batch):
         out.append(np.asarray(ids, dtype=dtype))
+        n += len(ids)
         if last:
             out.append(np.array([t.eot_id], dtype=dtype))
-    return np.concatenate(out) if out else np.zeros(0, dtype)
+            n += 1
+            ends.append(n)
+    return (np.concatenate(out) if out else np.zeros(0, dtype)), ends
 
 
 def parallel_map(fn, items, num_proc, initargs):
@@ -221,107 +185,201 @@ def parallel_map(fn, items, num_proc, initargs):
             yield pending.popleft().get()
 
 
-def tokenize_to_file(documents, path, meta, num_proc, stats, progress):
-    """Append the tokens of every document to a flat file; return the token count."""
-    n = 0
+class Tokenized:
+    """One source's split, tokenized into a flat file, with the position after each document."""
+
+    def __init__(self, path, dtype):
+        self.path, self.dtype, self.n, self.ends = path, dtype, 0, []
+
+    def data(self):
+        return np.memmap(self.path, dtype=self.dtype, mode="r") if self.n else np.zeros(0, self.dtype)
+
+    def documents(self):
+        """(start, end) of each document; text cut off at the end of the stream counts as one."""
+        ends = self.ends if self.ends and self.ends[-1] == self.n else self.ends + [self.n]
+        starts = [0] + ends[:-1]
+        return [(a, b) for a, b in zip(starts, ends) if b > a]
+
+
+def tokenize(items, path, meta, num_proc, stats, progress, limit=0):
+    """Tokenize (text, ends_document) items into a flat file; stop once `limit` tokens are in (0: never)."""
+    out = Tokenized(path, token_dtype(meta["vocab_size"]))
     with open(path, "wb") as f:
-        for arr in parallel_map(encode_batch, batches(pieces(documents, stats)), num_proc, (meta,)):
+        for arr, ends in parallel_map(encode_batch, batches(pieces(items, stats)), num_proc, (meta,)):
             f.write(arr.tobytes())
-            n += len(arr)
-            progress.update(stats.bytes - progress.n)
-    return n
+            out.ends += [out.n + e for e in ends]
+            out.n += len(arr)
+            progress.update(len(arr))
+            if limit and out.n >= limit:
+                break
+    return out
 
 
-def write_shards(flat, dtype, start, stop, split, out_dir, shard_tokens, vocab_size):
-    data = np.memmap(flat, dtype=dtype, mode="r") if stop > start else np.zeros(0, dtype)
+def train_cap(cfg, weights, i, done):
+    """How many training tokens to take from source i: 0 for all of them, None for none. --max_tokens
+    is shared out by weight; without weights, sources fill it in turn."""
+    if not cfg.max_tokens:
+        return 0
+    if weights:
+        return max(1, round(cfg.max_tokens * weights[i]))
+    left = cfg.max_tokens - sum(p.n for p in done)
+    return left if left > 0 else None
+
+
+def val_cap(train_cap, source):
+    """Val tokens to go with a capped train split, in the source's train/val proportion."""
+    if not train_cap or source.val_rule == "own split":
+        return 0
+    return max(1, round(train_cap * source.val_fraction / (1 - source.val_fraction)))
+
+
+def build_tokenizer(cfg, sources):
+    if cfg.tokenizer == "gpt2":
+        return tok.GPT2Tokenizer()
+    if cfg.tokenizer == "char":  # the table is every character seen, so look at all the text first
+        return tok.CharTokenizer.from_texts(text for s in sources for split in ("train", "val") for text in s.documents(split))
+    texts = (text for s in sources for text in s.documents("train"))
+    if cfg.max_tokens:  # a stream may not end: learn from about the text that will be tokenized
+        texts = _first_chars(texts, 5 * cfg.max_tokens)
+    tokenizer = tok.BPETokenizer.train(texts, cfg.vocab_size)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # workers are forked next; each uses one core
+    return tokenizer
+
+
+def _first_chars(texts, limit):
     n = 0
-    for i, s in enumerate(range(start, stop, shard_tokens)):
-        write_shard(os.path.join(out_dir, f"{split}_{i:06d}.bin"), data[s:min(s + shard_tokens, stop)], vocab_size)
-        n += 1
-    return n
+    for t in texts:
+        yield t
+        n += len(t)
+        if n >= limit:
+            return
+
+
+# ---------------------------------------------------------------------------
+# mixing: documents from each source, in proportion to the weights, in a seeded order
+
+def select_documents(parts, weights):
+    """[(source index, start, end)] per the weights: whole documents in source order, each source
+    taking its share of the largest total that no source runs short of."""
+    docs = [p.documents() for p in parts]
+    if weights is None:
+        return [(i, a, b) for i, d in enumerate(docs) for a, b in d]
+    total = min(p.n / w for p, w in zip(parts, weights))
+    chosen = []
+    for i, (d, w) in enumerate(zip(docs, weights)):
+        quota, n = w * total, 0
+        for a, b in d:
+            if n >= quota:
+                break
+            chosen.append((i, a, b))
+            n += b - a
+    return chosen
+
+
+def write_split(parts, weights, seed, writer):
+    """Write one split's tokens; several sources are mixed and shuffled at the document level."""
+    if len(parts) == 1 and weights is None:  # one source: its order as it is (a book stays a book)
+        data = parts[0].data()
+        for s in range(0, parts[0].n, 1 << 24):
+            writer.write(data[s:s + (1 << 24)])
+        return writer.close()
+    chosen = select_documents(parts, weights)
+    order = np.random.default_rng(seed).permutation(len(chosen))
+    data = [p.data() for p in parts]
+    for k in order:
+        i, a, b = chosen[k]
+        writer.write(data[i][a:b])
+    return writer.close()
 
 
 # ---------------------------------------------------------------------------
 
-def prepare(cfg):
-    """Prepare a dataset as cfg says; returns its meta.json contents."""
-    if cfg.tokenizer not in ("gpt2", "char"):
-        raise UserError(f"--tokenizer {cfg.tokenizer!r}: expected gpt2 or char")
+def check_options(cfg, specs):
+    if cfg.tokenizer not in ("gpt2", "char", "bpe"):
+        raise UserError(f"--tokenizer {cfg.tokenizer!r}: expected gpt2, char or bpe")
     if cfg.val_fraction is not None and not 0 <= cfg.val_fraction < 1:
         raise UserError(f"--val_fraction {cfg.val_fraction}: expected a number in [0, 1)")
-    if cfg.shard_tokens < 1:
-        raise UserError("--shard_tokens must be at least 1")
-    files = expand_inputs(cfg.input) if cfg.input else None
-    name = cfg.name or ("tinystories" if files is None else
-                        os.path.splitext(os.path.basename(files[0]))[0] + ("_char" if cfg.tokenizer == "char" else ""))
+    if cfg.shard_tokens < 1 or cfg.max_tokens < 0:
+        raise UserError("--shard_tokens must be at least 1 and --max_tokens at least 0")
+    weighted = [s.weight is not None for s in specs]
+    if any(weighted) and not all(weighted):
+        raise UserError("give a --weight to every source or to none")
+    if any(s.weight is not None and s.weight <= 0 for s in specs):
+        raise UserError("--weight must be positive")
+
+
+def default_name(cfg, sources):
+    s = sources[0].spec
+    base = os.path.basename(s.dataset).lower() if s.dataset else os.path.splitext(os.path.basename(sources[0].files[0]))[0]
+    return base + ("" if cfg.tokenizer == "gpt2" else f"_{cfg.tokenizer}") + ("_mix" if len(sources) > 1 else "")
+
+
+def prepare(cfg, specs=None):
+    """Prepare a dataset from the sources in specs (default: TinyStories); returns its meta.json."""
+    specs = specs or [SourceConfig(dataset=DEFAULT_DATASET)]
+    check_options(cfg, specs)
+    sources = [Source(s, cfg.streaming, cfg.val_fraction) for s in specs]
+    name = cfg.name or default_name(cfg, sources)
     out_dir = os.path.join(cfg.data_root, name)
     if os.path.isfile(os.path.join(out_dir, "meta.json")) and not cfg.overwrite:
         raise UserError(f"{out_dir} is already prepared; pass --overwrite to replace it, or --name to choose another")
+    weights = None
+    if specs[0].weight is not None:
+        weights = [s.weight / sum(x.weight for x in specs) for s in specs]
 
-    stats = Stats()
-    if files is None:
-        splits, val_name = hub_splits(HF_DEFAULT, cfg.text_column, stats)
-        source = {"hub_dataset": HF_DEFAULT, "splits": {"train": "train", "val": val_name}, "text_column": cfg.text_column}
-        total_bytes = None
-    else:
-        splits = {"train": lambda: local_documents(files, cfg.text_column, stats), "val": None}
-        source = {"inputs": files, "text_column": cfg.text_column}
-        total_bytes = sum(os.path.getsize(f) for f in files)
-    val_fraction = cfg.val_fraction if cfg.val_fraction is not None else (0.0 if splits["val"] else 0.1)
-
-    if cfg.tokenizer == "char":  # the table is every character seen, so look at all the text first
-        tokenizer = tok.CharTokenizer.from_texts(d for s in splits.values() if s for d in s())
-        stats = Stats()
-    else:
-        tokenizer = tok.GPT2Tokenizer()
+    t0 = time.time()
+    tokenizer = build_tokenizer(cfg, sources)
     meta_tok = tokenizer.meta()
-    dtype = token_dtype(tokenizer.vocab_size)
     num_proc = cfg.num_proc or os.cpu_count() or 1
-
     work = os.path.join(cfg.data_root, f".{name}.partial")  # a killed run leaves only this behind
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
+    stats = Stats()
+    parts = {"train": [], "val": []}
     from tqdm import tqdm
-    t0 = time.time()
-    counts = {}
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing ({num_proc} processes)",
-              disable=None) as progress:
-        flats = {}
-        for split, documents in splits.items():
-            if documents is not None:
-                flats[split] = os.path.join(work, f"{split}.flat")
-                counts[split] = tokenize_to_file(documents(), flats[split], meta_tok, num_proc, stats, progress)
-    if counts["train"] == 0:
-        shutil.rmtree(work)
-        raise UserError(f"no text to tokenize: the input has {stats.documents} documents, all empty")
+    with tqdm(unit="tok", unit_scale=True, desc=f"tokenizing ({num_proc} processes)", disable=None) as progress:
+        for i, source in enumerate(sources):
+            cap = train_cap(cfg, weights, i, parts["train"])
+            for split in ("train", "val"):
+                path = os.path.join(work, f"{i}.{split}.flat")
+                if cap is None:  # the cap is full: nothing from this source
+                    parts[split].append(Tokenized(path, token_dtype(tokenizer.vocab_size)))
+                    continue
+                limit = cap if split == "train" else val_cap(cap, source)
+                parts[split].append(tokenize(source.pieces(split), path, meta_tok, num_proc, stats, progress, limit))
+            if cap is not None and parts["train"][-1].n == 0:
+                shutil.rmtree(work)
+                raise UserError(f"no text to tokenize in {source.label}: its documents are all empty, "
+                                f"or its split selects none")
 
-    # the validation split: the source's own, or the last val_fraction of the token stream (as nanoGPT does)
-    ranges = {}
-    if "val" in flats:
-        ranges = {"train": (flats["train"], 0, counts["train"]), "val": (flats["val"], 0, counts["val"])}
-    else:
-        n = counts["train"]
-        n_train = int(n * (1 - val_fraction))
-        ranges = {"train": (flats["train"], 0, n_train), "val": (flats["train"], n_train, n)}
-    if ranges["train"][2] - ranges["train"][1] == 0:
+    counts = {}
+    for split in ("train", "val"):
+        writer = ShardWriter(work, split, tokenizer.vocab_size, cfg.shard_tokens)
+        n_shards, n_tokens = write_split(parts[split], weights, cfg.seed, writer)
+        counts[split] = {"tokens": n_tokens, "shards": n_shards}
+    for p in parts["train"] + parts["val"]:
+        if os.path.exists(p.path):
+            os.remove(p.path)
+    if counts["train"]["tokens"] == 0:
         shutil.rmtree(work)
-        raise UserError(f"--val_fraction {val_fraction} leaves no training tokens")
-    shard_counts = {split: write_shards(f, dtype, a, b, split, work, cfg.shard_tokens, tokenizer.vocab_size)
-                    for split, (f, a, b) in ranges.items()}
-    for f in flats.values():
-        os.remove(f)
+        raise UserError("no training tokens: the sources' train splits are empty")
+    if tokenizer.kind == "bpe":
+        with open(os.path.join(work, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(tokenizer.json)  # the same as meta.json's copy, for other tools
 
     meta = {
         "name": name,
         "format_version": VERSION,
         "tokenizer": meta_tok,
-        "dtype": np.dtype(dtype).name,
-        "source": source,
-        "val_fraction": val_fraction,
-        "counts": {split: {"tokens": b - a, "shards": shard_counts[split]} for split, (_, a, b) in ranges.items()},
+        "dtype": np.dtype(token_dtype(tokenizer.vocab_size)).name,
+        "sources": [dict(s.describe(), train_tokens=parts["train"][i].n, val_tokens=parts["val"][i].n)
+                    for i, s in enumerate(sources)],
+        "mix": {"weights": weights, "seed": cfg.seed} if len(sources) > 1 or weights else None,
+        "max_tokens": cfg.max_tokens or None,
+        "counts": counts,
         "documents": stats.documents,
         "skipped_empty_documents": stats.empty,
-        "invalid_utf8_replaced": stats.bad_utf8,
+        "invalid_utf8_replaced": sum(sum(s.bad_utf8.values()) for s in sources),
         "seconds": round(time.time() - t0, 2),
     }
     publish(work, out_dir, meta)
@@ -349,6 +407,10 @@ def summary(meta, out_dir):
     lines = [f"wrote {out_dir}: {c['train']['tokens']:,} train tokens, {c['val']['tokens']:,} val tokens "
              f"from {meta['documents']:,} documents, tokenizer {meta['tokenizer']['kind']} "
              f"(vocab {meta['tokenizer']['vocab_size']:,}), {meta['seconds']} s"]
+    if len(meta["sources"]) > 1:
+        lines += [f"  {s.get('dataset') or ', '.join(s['inputs'])}: {s['train_tokens']:,} train tokens tokenized"
+                  + (f", weight {w:.3f}" if w is not None else "")
+                  for s, w in zip(meta["sources"], (meta["mix"]["weights"] or [None] * len(meta["sources"])))]
     if meta["skipped_empty_documents"]:
         lines.append(f"skipped {meta['skipped_empty_documents']:,} empty documents")
     if meta["invalid_utf8_replaced"]:
@@ -357,8 +419,8 @@ def summary(meta, out_dir):
 
 
 def main(argv=None):
-    cfg = parse_args(PrepareConfig, argv, prog="prepare.py", usage="[--input PATH ...] [--key=value ...]")
-    meta = prepare(cfg)
+    cfg, specs = parse_command_line(sys.argv[1:] if argv is None else argv)
+    meta = prepare(cfg, specs)
     print(summary(meta, os.path.join(cfg.data_root, meta["name"])))
 
 

@@ -38,21 +38,78 @@ def atomic_write(path, write):
     os.replace(tmp, path)
 
 
-def write_shard(path, tokens, vocab_size):
-    dtype = token_dtype(vocab_size)
-    tokens = np.asarray(tokens)
-    if len(tokens) > MAX_SHARD_TOKENS:
-        raise ValueError(f"shard of {len(tokens)} tokens is larger than the format allows")
-    top = int(tokens.max()) if len(tokens) else -1
-    if len(tokens) and (tokens.min() < 0 or top >= vocab_size):
-        raise ValueError(f"token id out of range for vocab_size {vocab_size}")  # never write what cannot be read
+class ShardWriter:
+    """Appends a split's tokens to shards of at most shard_tokens tokens, each written atomically
+    (to name.tmp, then renamed once complete), so memory stays bounded by what one append holds."""
+
+    def __init__(self, out_dir, split, vocab_size, shard_tokens=MAX_SHARD_TOKENS):
+        self.out_dir, self.split, self.vocab_size = out_dir, split, vocab_size
+        self.shard_tokens = min(shard_tokens, MAX_SHARD_TOKENS)
+        self.dtype = np.dtype(token_dtype(vocab_size)).newbyteorder("<")
+        self.f, self.shards, self.tokens = None, 0, 0
+
+    def write(self, tokens):
+        tokens = np.asarray(tokens)
+        check_range(tokens, self.vocab_size)
+        while len(tokens):
+            if self.f is None:
+                self._open()
+            take = tokens[:self.shard_tokens - self.count]
+            self.f.write(take.astype(self.dtype, copy=False).tobytes())
+            self.count += len(take)
+            self.top = max(self.top, int(take.max()))
+            tokens = tokens[len(take):]
+            if self.count == self.shard_tokens:
+                self._finish()
+
+    def _open(self):
+        self.path = os.path.join(self.out_dir, f"{self.split}_{self.shards:06d}.bin")
+        self.f = open(self.path + ".tmp", "wb")
+        self.f.write(bytes(HEADER_BYTES))  # the header comes last, when the count is known
+        self.count, self.top = 0, -1
+
+    def _finish(self):
+        self.f.seek(0)
+        self.f.write(_header(self.dtype.itemsize, self.count, self.top))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.path + ".tmp", self.path)
+        self.f, self.shards, self.tokens = None, self.shards + 1, self.tokens + self.count
+
+    def close(self):
+        """Finish the last shard; a split always gets at least one (possibly empty) shard."""
+        if self.f is None and self.shards == 0:
+            self._open()
+        if self.f is not None:
+            self._finish()
+        return self.shards, self.tokens
+
+
+def _header(itemsize, count, top):
     header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:5] = [MAGIC, VERSION, np.dtype(dtype).itemsize, len(tokens), top]
+    header[:5] = [MAGIC, VERSION, itemsize, count, top]
+    return header.tobytes()
+
+
+def write_shard(path, tokens, vocab_size):
+    """One shard holding these tokens, written atomically."""
+    dtype = np.dtype(token_dtype(vocab_size)).newbyteorder("<")
+    tokens = np.asarray(tokens)
+    check_range(tokens, vocab_size)
+    if len(tokens) > MAX_SHARD_TOKENS:
+        raise ValueError(f"a shard of {len(tokens)} tokens is larger than the format allows")
+    top = int(tokens.max()) if len(tokens) else -1
 
     def write(f):
-        f.write(header.tobytes())
-        f.write(tokens.astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes())
+        f.write(_header(dtype.itemsize, len(tokens), top))
+        f.write(tokens.astype(dtype, copy=False).tobytes())
     atomic_write(path, write)
+
+
+def check_range(tokens, vocab_size):
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"token id out of range for vocab_size {vocab_size}")  # never write what cannot be read
 
 
 def read_header(path):

@@ -4,6 +4,8 @@ prepare.py (meta.json) into the checkpoint, so train.py and sample.py never gues
 
   gpt2  the GPT-2 BPE through tiktoken (50,257 ids, <|endoftext|> = 50256)
   char  one id per character seen in the corpus, plus an end-of-text id (like nanoGPT's shakespeare_char)
+  bpe   a byte-level BPE trained on the corpus by Hugging Face `tokenizers` (pip install tokenizers),
+        stored whole in meta.json and in every checkpoint
 """
 
 import numpy as np
@@ -95,6 +97,73 @@ class CharTokenizer:
         return {"kind": "char", "vocab_size": self.vocab_size, "eot_id": self.eot_id, "chars": "".join(self.chars)}
 
 
+def _byte_decoder():
+    """GPT-2's byte-level alphabet: each byte is shown as a printable character; this maps them back."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + n)
+            n += 1
+    return {c: b for b, c in chars.items()}
+
+
+class BPETokenizer:
+    """A byte-level BPE trained on the data (GPT-2's scheme, a vocabulary of your size). Its end-of-text
+    id is one past the trained vocabulary, so a literal "<|endoftext|>" in the text stays text."""
+
+    kind = "bpe"
+
+    def __init__(self, json_str):
+        Tokenizer = _tokenizers().Tokenizer
+        self.tok = Tokenizer.from_str(json_str)
+        self.json = json_str
+        self.eot_id = self.tok.get_vocab_size()
+        self.vocab_size = self.eot_id + 1
+        decoder = _byte_decoder()
+        self._bytes = [bytes(decoder[c] for c in self.tok.id_to_token(i)) for i in range(self.eot_id)]
+        self._bytes.append(EOT_TEXT.encode())
+
+    @classmethod
+    def train(cls, texts, vocab_size):
+        """Train on an iterable of texts; the vocabulary may come out smaller on a small corpus."""
+        tk = _tokenizers()
+        if vocab_size < 258:
+            raise UserError(f"--vocab_size {vocab_size}: a byte-level BPE needs at least 258 (256 bytes + 1 merge + end-of-text)")
+        tok = tk.Tokenizer(tk.models.BPE())
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split into words
+        tok.decoder = tk.decoders.ByteLevel()
+        trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size - 1, show_progress=False,  # -1: room for end-of-text
+                                         initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer)
+        return cls(tok.to_str())
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts):
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids):
+        return self.token_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, ids):
+        return b"".join(self._bytes[i] for i in ids)
+
+    def meta(self):
+        return {"kind": "bpe", "vocab_size": self.vocab_size, "eot_id": self.eot_id, "json": self.json}
+
+
+def _tokenizers():
+    try:
+        import tokenizers
+        return tokenizers
+    except ImportError:
+        raise UserError("the bpe tokenizer needs Hugging Face tokenizers: pip install tokenizers") from None
+
+
 def from_meta(meta):
     """Rebuild a tokenizer from its description in meta.json or a checkpoint."""
     kind = meta.get("kind")
@@ -102,10 +171,12 @@ def from_meta(meta):
         return GPT2Tokenizer()
     if kind == "char":
         return CharTokenizer(meta["chars"])
-    raise UserError(f"unknown tokenizer kind {kind!r} (expected 'gpt2' or 'char')")
+    if kind == "bpe":
+        return BPETokenizer(meta["json"])
+    raise UserError(f"unknown tokenizer kind {kind!r} (expected gpt2, char or bpe)")
 
 
 def same_tokenizer(a, b):
     """Whether two tokenizer descriptions map text to the same ids."""
-    keys = ("kind", "vocab_size", "eot_id", "chars", "encoding")
+    keys = ("kind", "vocab_size", "eot_id", "chars", "encoding", "json")
     return all(a.get(k) == b.get(k) for k in keys)

@@ -49,7 +49,7 @@ class TrainConfig:
     wandb_project: str = "nanogpt"  # wandb project
     wandb_run_name: str = "run"  # wandb run name
     # data
-    dataset: str = "tinystories"  # a folder under data_root made by prepare.py (or a path to one)
+    dataset: str | dict = "tinystories"  # a folder under data_root made by prepare.py (or a path to one), or a mix: {'tinystories': 0.9, 'shakespeare': 0.1}
     data_root: str = "data"  # where prepared datasets live
     gradient_accumulation_steps: int = 40  # micro-batches per optimizer step, summed over all processes
     batch_size: int = 12  # sequences per micro-batch and process
@@ -149,6 +149,9 @@ def check_config(cfg):
         raise UserError(f"n_embd={cfg.n_embd} is not a multiple of n_head={cfg.n_head}")
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"dropout={cfg.dropout}: must be in [0, 1)")
+    if isinstance(cfg.dataset, dict) and (not cfg.dataset or not all(
+            isinstance(k, str) and isinstance(w, (int, float)) and w > 0 for k, w in cfg.dataset.items())):
+        raise UserError(f"dataset={cfg.dataset!r}: a mix is {{'name': weight, ...}} with positive weights")
     if cfg.init_from not in ("scratch", "resume"):
         raise UserError(f"init_from={cfg.init_from!r}: expected scratch or resume")
     if cfg.max_iters < 0 or cfg.keep_last_n < 0 or cfg.max_skipped_steps < 1:
@@ -196,14 +199,19 @@ def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1):
     model.eval()
     out = {}
     for split, loader in loaders.items():
-        total = torch.zeros((), device=loader.device)
-        for k, (x, y) in enumerate(loader.spread_batches(eval_iters)):
+        totals = torch.zeros(len(loader.streams), device=loader.device)
+        batches = [0] * len(loader.streams)
+        for k, (j, x, y) in enumerate(loader.spread_batches(eval_iters)):
+            batches[j] += 1
             if k % world == rank:
                 with ctx:
-                    total += model(x, y)[1].float()
+                    totals[j] += model(x, y)[1].float()
         if world > 1:
-            torch.distributed.all_reduce(total)
-        out[split] = total.item() / eval_iters
+            torch.distributed.all_reduce(totals)
+        means = [t / n for t, n in zip(totals.tolist(), batches)]
+        out[split] = float(sum(w * m for w, m in zip(loader.weights, means)))  # a mix: weighted like its training
+        if len(means) > 1:
+            out[f"{split}_by_dataset"] = means
     model.train()
     return out
 
@@ -280,11 +288,19 @@ class Trainer:
         self.use_compile = cfg.compile if cfg.compile is not None else self.device_type == "cuda"
         self.ctx = autocast(self.device_type, self.dtype)
 
-        self.data_dir = dataset_dir(cfg.dataset, cfg.data_root)
-        self.meta = read_meta(self.data_dir)
+        mix = cfg.dataset if isinstance(cfg.dataset, dict) else {cfg.dataset: 1.0}
+        self.dataset_names, self.weights = list(mix), list(mix.values())
+        self.data_dirs = [dataset_dir(name, cfg.data_root) for name in mix]
+        self.metas = [read_meta(d) for d in self.data_dirs]
+        self.meta = self.metas[0]
+        for d, m in zip(self.data_dirs[1:], self.metas[1:]):
+            if not tokenizer.same_tokenizer(m["tokenizer"], self.meta["tokenizer"]):
+                raise UserError(f"the datasets of a mix must share a tokenizer: {self.data_dirs[0]} uses "
+                                f"{self.meta['tokenizer']['kind']} (vocab {self.meta['tokenizer']['vocab_size']}), {d} "
+                                f"uses {m['tokenizer']['kind']} (vocab {m['tokenizer']['vocab_size']}); prepare them alike")
         if ckpt is not None and not tokenizer.same_tokenizer(self.meta["tokenizer"], ckpt["tokenizer"]):
             a, b = self.meta["tokenizer"], ckpt["tokenizer"]
-            raise UserError(f"dataset {self.data_dir} uses tokenizer {a['kind']} (vocab {a['vocab_size']}), but the "
+            raise UserError(f"dataset {cfg.dataset} uses tokenizer {a['kind']} (vocab {a['vocab_size']}), but the "
                             f"checkpoint was trained with {b['kind']} (vocab {b['vocab_size']}): resume on data "
                             f"prepared with the same tokenizer, or start from scratch")
         if self.master:
@@ -294,10 +310,10 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
 
         # data: each process takes its slice of one global stream of windows
-        self.loader = DataLoader(self.data_dir, "train", cfg.batch_size, cfg.block_size, cfg.seed, self.rank,
-                                 self.world, device)
-        self.eval_loaders = {split: DataLoader(self.data_dir, split, cfg.batch_size, cfg.block_size, device=device)
-                             for split in ("train", "val")}
+        self.loader = DataLoader(self.data_dirs, "train", cfg.batch_size, cfg.block_size, cfg.seed, self.rank,
+                                 self.world, device, self.weights)
+        self.eval_loaders = {split: DataLoader(self.data_dirs, split, cfg.batch_size, cfg.block_size, device=device,
+                                               weights=self.weights) for split in ("train", "val")}
 
         # model and optimizer
         self.model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
@@ -348,7 +364,7 @@ class Trainer:
         """What would otherwise fail later, checked before the first step."""
         cfg, vocab = self.cfg, self.model_args["vocab_size"]
         for split in ("train", "val"):
-            for path in shard_paths(self.data_dir, split):
+            for path in (p for d in self.data_dirs for p in shard_paths(d, split)):
                 top = read_header(path)[2]
                 if top >= vocab:
                     raise UserError(f"{path} holds token id {top}, but the model's vocabulary has {vocab} ids: "
@@ -380,9 +396,12 @@ class Trainer:
         return model
 
     def print_header(self):
-        cfg, c = self.cfg, self.meta["counts"]
-        print(f"data {self.data_dir}: {c['train']['tokens']:,} train / {c['val']['tokens']:,} val tokens, "
-              f"tokenizer {self.meta['tokenizer']['kind']} (vocab {self.model_args['vocab_size']:,})")
+        cfg = self.cfg
+        for d, m, w in zip(self.data_dirs, self.metas, self.weights):
+            c = m["counts"]
+            print(f"data {d}: {c['train']['tokens']:,} train / {c['val']['tokens']:,} val tokens, "
+                  f"tokenizer {m['tokenizer']['kind']} (vocab {self.model_args['vocab_size']:,})"
+                  f"{f', weight {w / sum(self.weights):.3f}' if len(self.weights) > 1 else ''}")
         print(f"model: {self.raw_model.get_num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers, "
               f"{cfg.n_head} heads, {cfg.n_embd} wide, context {cfg.block_size}")
         parallel = f", {self.world} processes ({'FSDP' if self.fsdp else 'DDP'})" if self.world > 1 else ""
@@ -536,9 +555,14 @@ class Trainer:
             if sample is not None:
                 print(f"sample: {sample!r}")
                 self.metrics.log_sample(self.iter_num, sample)
-            self.metrics.log({"iter": self.iter_num, "tokens": self.iter_num * self.tokens_per_iter,
-                              "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
-                              "train_ppl": math.exp(min(losses["train"], 50)), "time": round(time.time() - self.t0, 3)})
+            event = {"iter": self.iter_num, "tokens": self.iter_num * self.tokens_per_iter,
+                     "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
+                     "train_ppl": math.exp(min(losses["train"], 50)), "time": round(time.time() - self.t0, 3)}
+            if "val_by_dataset" in losses:
+                event.update({f"val_loss/{n}": v for n, v in zip(self.dataset_names, losses["val_by_dataset"])})
+                print("  val loss per dataset: " + ", ".join(f"{n} {v:.4f}" for n, v in
+                                                            zip(self.dataset_names, losses["val_by_dataset"])))
+            self.metrics.log(event)
             if cfg.plot:
                 self.metrics.plot()
         if cfg.eval_only:

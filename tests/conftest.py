@@ -35,12 +35,13 @@ def data_root(tmp_path_factory, shakespeare_text):
     """A data folder with two small prepared datasets: tiny_char and tiny_gpt2 (the first 60,000
     characters of tiny Shakespeare)."""
     from prepare import PrepareConfig, prepare
+    from sources import SourceConfig
     root = tmp_path_factory.mktemp("data")
     corpus = root / "tiny.txt"
     corpus.write_text(shakespeare_text[:60000], encoding="utf-8")
     for tokenizer in ("char", "gpt2"):
-        prepare(PrepareConfig(input=[str(corpus)], tokenizer=tokenizer, name=f"tiny_{tokenizer}",
-                              data_root=str(root), num_proc=1))
+        prepare(PrepareConfig(tokenizer=tokenizer, name=f"tiny_{tokenizer}", data_root=str(root), num_proc=1),
+                [SourceConfig(input=[str(corpus)])])
     return str(root)
 
 

@@ -16,14 +16,15 @@ def shard_dir(tmp_path):
 
 
 def starts_of_epoch(loader, epoch):
-    return sorted(int(loader.shards[s][start]) for s, start in loader.windows(epoch))
+    stream = loader.streams[0]
+    return sorted(int(stream.shards[s][start]) for s, start in stream.windows(epoch))
 
 
 def test_each_epoch_visits_every_window_once_in_a_new_order(shard_dir):
     loader = DataLoader(shard_dir, "train", batch_size=4, block_size=16, seed=0)
-    n = len(loader.windows(0))
+    n = len(loader.streams[0].windows(0))
     seen = []
-    while loader.epoch == 0:
+    while loader.streams[0].epoch == 0:
         x, y = loader.next_batch()
         seen += x[:, 0].tolist()
         assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one

@@ -5,15 +5,18 @@ import numpy as np
 import pytest
 
 import prepare as prep
+import sources
 import tokenizer as tok
 from configurator import UserError
 from prepare import PrepareConfig, prepare
 from shards import open_shard, read_meta, shard_paths, write_shard
+from sources import SourceConfig
 
 
-def run_prepare(root, inputs, **kw):
+def run_prepare(root, inputs, text_column="text", **kw):
     kw.setdefault("num_proc", 1)
-    return prepare(PrepareConfig(input=[str(i) for i in inputs], data_root=str(root), **kw))
+    source = SourceConfig(input=[str(i) for i in inputs], text_column=text_column)
+    return prepare(PrepareConfig(data_root=str(root), **kw), [source])
 
 
 def all_tokens(data_dir, split):
@@ -29,17 +32,18 @@ def test_shards_round_trip_to_the_text_plus_end_of_text(tmp_path, shakespeare_te
     t = tok.from_meta(read_meta(str(d))["tokenizer"])
     tokens = np.concatenate([all_tokens(d, "train"), all_tokens(d, "val")])
     assert t.decode(tokens.tolist()) == shakespeare_text + "<|endoftext|>"
-    # the val split is the last 10% of the tokens, as nanoGPT splits shakespeare
-    assert meta["counts"]["train"]["tokens"] == int(len(tokens) * 0.9)
-    if kind == "char":
+    # the val split is the last 10% of the text, cut by characters before tokenizing, as nanoGPT does
+    val = t.decode(all_tokens(d, "val").tolist())
+    assert val == shakespeare_text[int(len(shakespeare_text) * 0.9):] + "<|endoftext|>"
+    if kind == "char":  # nanoGPT's shakespeare_char: 1,003,854 train and 111,540 val characters
         assert meta["tokenizer"]["vocab_size"] == 66  # 65 characters + end-of-text
-        assert len(tokens) == len(shakespeare_text) + 1
+        assert (meta["counts"]["train"]["tokens"], meta["counts"]["val"]["tokens"]) == (1003854, 111540 + 1)
 
 
 def test_long_documents_are_tokenized_in_pieces_without_changing_tokens(monkeypatch, shakespeare_text):
     monkeypatch.setattr(prep, "PIECE_CHARS", 5000)
     stats = prep.Stats()
-    pieces = list(prep.pieces([shakespeare_text], stats))
+    pieces = list(prep.pieces([(shakespeare_text, True)], stats))
     assert len(pieces) > 100 and "".join(p for p, _ in pieces) == shakespeare_text
     gpt2 = tok.GPT2Tokenizer()
     joined = [i for p, _ in pieces for i in gpt2.encode(p)]
@@ -161,13 +165,14 @@ def test_default_source_uses_the_hub_dataset_and_its_validation_split(tmp_path, 
         "validation": datasets.Dataset.from_dict({"text": stories[40:]}),
     })
     asked = []
-    monkeypatch.setattr(prep, "check_hub_reachable", lambda name: asked.append(name))
-    monkeypatch.setattr(datasets, "load_dataset", lambda name: fake)
+    monkeypatch.setattr(sources, "check_hub_reachable", lambda name: asked.append(name))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: fake)
     meta = prepare(PrepareConfig(data_root=str(tmp_path), num_proc=1))
     assert asked == ["roneneldan/TinyStories"] and meta["name"] == "tinystories"
-    assert meta["val_fraction"] == 0.0 and meta["source"]["splits"] == {"train": "train", "val": "validation"}
+    assert meta["sources"][0]["val"] == "own split" and meta["sources"][0]["dataset"] == "roneneldan/TinyStories"
     t = tok.GPT2Tokenizer()
     val = t.decode(all_tokens(tmp_path / "tinystories", "val").tolist())
     assert val == "".join(s + "<|endoftext|>" for s in stories[40:])
     with pytest.raises(UserError, match=r"no column 'story' \(columns: \['text'\]\)"):
-        prepare(PrepareConfig(data_root=str(tmp_path), name="x", text_column="story", num_proc=1))
+        prepare(PrepareConfig(data_root=str(tmp_path), name="x", num_proc=1),
+                [SourceConfig(dataset="roneneldan/TinyStories", text_column="story")])
