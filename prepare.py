@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, fields
 from typing import Optional
@@ -189,16 +190,19 @@ class Tokenized:
     """One source's split, tokenized into a flat file, with the position after each document."""
 
     def __init__(self, path, dtype):
-        self.path, self.dtype, self.n, self.ends = path, dtype, 0, []
+        self.path, self.dtype, self.n, self.ends = path, dtype, 0, array("q")  # 8 bytes per document
 
     def data(self):
         return np.memmap(self.path, dtype=self.dtype, mode="r") if self.n else np.zeros(0, self.dtype)
 
     def documents(self):
-        """(start, end) of each document; text cut off at the end of the stream counts as one."""
-        ends = self.ends if self.ends and self.ends[-1] == self.n else self.ends + [self.n]
-        starts = [0] + ends[:-1]
-        return [(a, b) for a, b in zip(starts, ends) if b > a]
+        """(starts, ends) arrays of the documents; text cut off at the end of the stream counts as one."""
+        ends = np.frombuffer(self.ends, dtype=np.int64) if len(self.ends) else np.zeros(0, np.int64)
+        if not len(ends) or ends[-1] != self.n:
+            ends = np.append(ends, self.n)
+        starts = np.concatenate([[0], ends[:-1]])
+        keep = ends > starts
+        return starts[keep], ends[keep]
 
 
 def tokenize(items, path, meta, num_proc, stats, progress, limit=0):
@@ -207,7 +211,7 @@ def tokenize(items, path, meta, num_proc, stats, progress, limit=0):
     with open(path, "wb") as f:
         for arr, ends in parallel_map(encode_batch, batches(pieces(items, stats)), num_proc, (meta,)):
             f.write(arr.tobytes())
-            out.ends += [out.n + e for e in ends]
+            out.ends.extend(out.n + e for e in ends)
             out.n += len(arr)
             progress.update(len(arr))
             if limit and out.n >= limit:
@@ -259,21 +263,17 @@ def _first_chars(texts, limit):
 # mixing: documents from each source, in proportion to the weights, in a seeded order
 
 def select_documents(parts, weights):
-    """[(source index, start, end)] per the weights: whole documents in source order, each source
+    """(source index, start, end) arrays per the weights: whole documents in source order, each source
     taking its share of the largest total that no source runs short of."""
-    docs = [p.documents() for p in parts]
-    if weights is None:
-        return [(i, a, b) for i, d in enumerate(docs) for a, b in d]
-    total = min(p.n / w for p, w in zip(parts, weights))
+    total = None if weights is None else min(p.n / w for p, w in zip(parts, weights))
     chosen = []
-    for i, (d, w) in enumerate(zip(docs, weights)):
-        quota, n = w * total, 0
-        for a, b in d:
-            if n >= quota:
-                break
-            chosen.append((i, a, b))
-            n += b - a
-    return chosen
+    for i, p in enumerate(parts):
+        starts, ends = p.documents()
+        if total is not None:  # the documents that begin before the source's quota is met
+            keep = np.searchsorted(ends, weights[i] * total, side="left") + 1
+            starts, ends = starts[:keep], ends[:keep]
+        chosen.append(np.stack([np.full_like(starts, i), starts, ends], axis=1))
+    return np.concatenate(chosen)
 
 
 def write_split(parts, weights, seed, writer):
@@ -284,11 +284,16 @@ def write_split(parts, weights, seed, writer):
             writer.write(data[s:s + (1 << 24)])
         return writer.close()
     chosen = select_documents(parts, weights)
-    order = np.random.default_rng(seed).permutation(len(chosen))
     data = [p.data() for p in parts]
-    for k in order:
-        i, a, b = chosen[k]
-        writer.write(data[i][a:b])
+    buffer, size = [], 0
+    for i, a, b in chosen[np.random.default_rng(seed).permutation(len(chosen))]:
+        buffer.append(data[i][a:b])
+        size += b - a
+        if size >= 1 << 20:  # write in chunks of ~1M tokens, not per document
+            writer.write(np.concatenate(buffer))
+            buffer, size = [], 0
+    if buffer:
+        writer.write(np.concatenate(buffer))
     return writer.close()
 
 
