@@ -1,0 +1,122 @@
+"""
+Compute-optimal planning: how big a model, trained on how many tokens, for a budget.
+
+    python plan.py --flops 3.2e17                     # a compute budget
+    python plan.py --tokens 1e9                       # the data you have
+    python plan.py --params 124e6                     # the model you want
+    python plan.py --hours 8 --tokens_per_sec 5e5 --measured_params 124e6   # a time budget, from bench.py
+
+Uses the Chinchilla fit (Hoffmann et al. 2022, https://arxiv.org/abs/2203.15556, approach 3):
+    L(N, D) = E + A / N^alpha + B / D^beta,   training compute C = 6 N D
+Minimizing L at fixed C gives N_opt = G (C/6)^(beta/(alpha+beta)) and D_opt = (C/6)^(alpha/(alpha+beta)) / G,
+with G = (alpha A / (beta B))^(1/(alpha+beta)). N counts all parameters, embeddings included.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+
+from configurator import UserError, parse_args, run
+
+# the paper's fitted constants (its equation 10)
+E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
+G = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
+
+
+@dataclass
+class PlanConfig:
+    """Print the compute-optimal model size, tokens, shapes, steps and time for a budget."""
+    flops: float = 0.0  # training compute budget in FLOPs
+    tokens: float = 0.0  # training tokens available
+    params: float = 0.0  # model parameters wanted
+    hours: float = 0.0  # a time budget; needs --tokens_per_sec and --measured_params (from bench.py)
+    tokens_per_sec: float = 0.0  # measured training throughput (bench.py train)
+    measured_params: float = 0.0  # the parameter count of the model that throughput was measured on
+    batch_tokens: int = 524288  # tokens per optimizer step, for the number of steps
+    vocab_size: int = 50257  # vocabulary, for the shapes' parameter counts
+    block_size: int = 1024  # context length, for the shapes' parameter counts
+    json: bool = False  # print JSON instead of a table
+
+
+def loss(n, d):
+    """The fit's predicted loss (nats per token, on the paper's data)."""
+    return E + A / n ** ALPHA + B / d ** BETA
+
+
+def optimal_for_flops(c):
+    """(N, D) minimizing the loss at compute c = 6 N D."""
+    a, b = BETA / (ALPHA + BETA), ALPHA / (ALPHA + BETA)
+    return G * (c / 6) ** a, (c / 6) ** b / G
+
+
+def flops_for_params(n):
+    """The compute at which n parameters is compute-optimal (inverse of optimal_for_flops)."""
+    return 6 * (n / G) ** ((ALPHA + BETA) / BETA)
+
+
+def flops_for_tokens(d):
+    return 6 * (d * G) ** ((ALPHA + BETA) / ALPHA)
+
+
+def gpt_params(n_layer, n_embd, vocab_size, block_size):
+    """Parameters of the GPT-2 model in model.py (biases on, tied embedding)."""
+    per_layer = 12 * n_embd ** 2 + 13 * n_embd
+    return n_layer * per_layer + (vocab_size + block_size) * n_embd + 2 * n_embd
+
+
+def shapes_near(n, vocab_size, block_size, count=5):
+    """(n_layer, n_head, n_embd, params) close to n parameters: heads of 64, width 32-128 x depth
+    (the usual aspect ratios of GPT-2 and its descendants)."""
+    found = []
+    for n_layer in range(2, 49):
+        for n_embd in range(64, 4097, 64):
+            if 32 <= n_embd / n_layer <= 128:
+                p = gpt_params(n_layer, n_embd, vocab_size, block_size)
+                found.append((abs(math.log(p / n)), n_layer, n_embd // 64, n_embd, p))
+    return [f[1:] for f in sorted(found)[:count]]
+
+
+def plan(cfg):
+    given = [k for k in ("flops", "tokens", "params", "hours") if getattr(cfg, k) > 0]
+    if len(given) != 1:
+        raise UserError("give exactly one of --flops, --tokens, --params or --hours")
+    flops_per_sec = 6 * cfg.measured_params * cfg.tokens_per_sec if cfg.tokens_per_sec and cfg.measured_params else 0
+    if cfg.hours and not flops_per_sec:
+        raise UserError("--hours needs --tokens_per_sec and --measured_params (the model they were measured on)")
+    c = {"flops": lambda: cfg.flops, "tokens": lambda: flops_for_tokens(cfg.tokens),
+         "params": lambda: flops_for_params(cfg.params), "hours": lambda: flops_per_sec * cfg.hours * 3600}[given[0]]()
+    n, d = optimal_for_flops(c)
+    out = {"flops": c, "params": n, "tokens": d, "tokens_per_param": d / n, "predicted_loss": loss(n, d),
+           "steps": math.ceil(d / cfg.batch_tokens), "batch_tokens": cfg.batch_tokens,
+           "shapes": [dict(zip(("n_layer", "n_head", "n_embd", "params"), s))
+                      for s in shapes_near(n, cfg.vocab_size, cfg.block_size)]}
+    if flops_per_sec:  # achieved FLOP/s carry over between sizes better than tokens/s do
+        out["hours"] = c / flops_per_sec / 3600
+    return out
+
+
+def fmt(x):
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def main(argv=None):
+    cfg = parse_args(PlanConfig, argv, prog="plan.py")
+    p = plan(cfg)
+    if cfg.json:
+        print(json.dumps(p))
+        return
+    print(f"compute {p['flops']:.3g} FLOPs -> compute-optimal {fmt(p['params'])} parameters on {fmt(p['tokens'])} "
+          f"tokens ({p['tokens_per_param']:.1f} tokens per parameter); the Chinchilla fit predicts loss "
+          f"{p['predicted_loss']:.3f} on its data")
+    print(f"{p['steps']:,} steps of {p['batch_tokens']:,} tokens"
+          + (f", about {p['hours']:.1f} hours at the measured throughput" if "hours" in p else ""))
+    print("shapes near that size (heads of 64):")
+    for s in p["shapes"]:
+        print(f"  --n_layer={s['n_layer']} --n_head={s['n_head']} --n_embd={s['n_embd']}    {fmt(s['params'])} parameters")
+
+
+if __name__ == "__main__":
+    run(main)
