@@ -14,16 +14,17 @@ from dataclasses import dataclass
 import torch
 
 import checkpoint
+import hf
 from configurator import UserError, parse_args, run
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, state_dict_mismatch
 from tokenizer import from_meta
 from train import autocast, resolve_device, resolve_dtype
 
 
 @dataclass
 class SampleConfig:
-    """Generate text from a checkpoint made by train.py."""
-    out_dir: str = "out"  # a run folder, a checkpoint file, or a folder whose newest run is used
+    """Generate text from a checkpoint made by train.py, or from a Hugging Face GPT-2 directory."""
+    out_dir: str = "out"  # a run folder, a checkpoint file, a folder whose newest run is used, or a Hugging Face GPT-2 directory
     start: str = ""  # the prompt, or FILE:path to read it from a file; empty: start from end-of-text
     num_samples: int = 3  # samples to draw, one after another
     max_new_tokens: int = 500  # tokens to generate per sample (fewer if end-of-text comes first)
@@ -37,18 +38,40 @@ class SampleConfig:
 
 
 def load_model(out_dir, device):
-    """(model, tokenizer, checkpoint path, checkpoint info) from the checkpoint out_dir points to."""
-    path = checkpoint.find(out_dir)
-    ckpt = checkpoint.load(path, device)
+    """(model, tokenizer, source path, info) from the checkpoint out_dir points to, or from a Hugging
+    Face GPT-2 directory. info: iter_num, best_val_loss, the training config (None for an HF
+    directory) and the tokenizer's meta."""
+    if hf.is_hf_dir(out_dir):
+        model_args, state, tokenizer_meta = hf.load_hf_gpt2(out_dir)
+        if tokenizer_meta is None:
+            raise UserError(f"{out_dir}: its tokenizer is not one this code has (GPT-2's BPE in vocab.json, or "
+                            f"a nanogpt.json written by export.py)")
+        path, ckpt = out_dir, {"model_args": model_args, "model": state, "tokenizer": tokenizer_meta}
+    else:
+        path = checkpoint.find(out_dir)
+        ckpt = checkpoint.load(path, device)
     try:
         model = GPT(GPTConfig(**ckpt["model_args"]))
+        problem = state_dict_mismatch(model.state_dict(), ckpt["model"])
+        if problem:
+            raise UserError(f"{path}: the weights do not match the model config saved with them: {problem}")
         model.load_state_dict(ckpt["model"])
         tokenizer = from_meta(ckpt["tokenizer"])
     except (KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"{path} is not a checkpoint of this code, or is damaged: "
                         f"{type(e).__name__}: {str(e).splitlines()[0][:150]}") from None
     model.to(device).eval()
-    return model, tokenizer, path, {"iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss")}
+    return model, tokenizer, path, {"iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss"),
+                                    "config": ckpt.get("config"), "tokenizer": ckpt["tokenizer"]}
+
+
+def describe(path, info):
+    """'PATH (step N, val loss X)' for a checkpoint; 'PATH (Hugging Face GPT-2)' for an HF directory."""
+    if info["config"] is None and info["iter_num"] is None:
+        return f"{path} (Hugging Face GPT-2)"
+    best = info["best_val_loss"]
+    return (f"{path} (step {info['iter_num']}"
+            f"{f', val loss {best:.4f}' if isinstance(best, float) and best < float('inf') else ''})")
 
 
 def read_prompt(start):
@@ -81,9 +104,7 @@ def sample(cfg, out=sys.stdout, info=None):
     device = resolve_device(cfg.device)
     ctx = autocast(device.split(":")[0], resolve_dtype(cfg.dtype, device.split(":")[0]))
     model, tokenizer, path, meta = load_model(cfg.out_dir, device)
-    best = meta["best_val_loss"]
-    info(f"sampling from {path} (step {meta['iter_num']}"
-         f"{f', val loss {best:.4f}' if isinstance(best, float) and best < float('inf') else ''})")
+    info(f"sampling from {describe(path, meta)}")
     prompt = encode_prompt(tokenizer, read_prompt(cfg.start), model.config.block_size, warn=info)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     texts = []

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 
 import checkpoint
+import hf
 from configurator import UserError, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
 from model import GPT, GPTConfig, estimate_mfu
@@ -37,7 +38,7 @@ class TrainConfig:
     eval_iters: int = 200  # batches per split for each evaluation
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # write ckpt.pt at every eval; False: only when val loss improves (and at the end)
-    init_from: str = "scratch"  # scratch, or resume from out_dir/ckpt.pt
+    init_from: str = "scratch"  # scratch, resume from out_dir/ckpt.pt, or a Hugging Face GPT-2 directory to fine-tune
     seed: int = 1337  # model init, data order and dropout all follow from it
     # wandb logging
     wandb_log: bool = False  # also log to Weights & Biases (WANDB_MODE=offline works)
@@ -134,8 +135,8 @@ def check_config(cfg):
         raise UserError(f"n_embd={cfg.n_embd} is not a multiple of n_head={cfg.n_head}")
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"dropout={cfg.dropout}: must be in [0, 1)")
-    if cfg.init_from not in ("scratch", "resume"):
-        raise UserError(f"init_from={cfg.init_from!r}: expected scratch or resume")
+    if cfg.init_from not in ("scratch", "resume") and not os.path.isdir(cfg.init_from):
+        raise UserError(f"init_from={cfg.init_from!r}: expected scratch, resume, or a Hugging Face GPT-2 directory")
     if cfg.max_iters < 0:
         raise UserError(f"max_iters={cfg.max_iters}: must be at least 0")
 
@@ -264,6 +265,9 @@ def train(cfg, overrides=None):
         raise UserError(f"dataset {data_dir} uses tokenizer {a['kind']} (vocab {a['vocab_size']}), but the checkpoint "
                         f"was trained with {b['kind']} (vocab {b['vocab_size']}): resume on data prepared with the "
                         f"same tokenizer, or start from scratch")
+    hf_args, hf_state = {}, None
+    if ckpt is None and cfg.init_from != "scratch":  # fine-tune a Hugging Face GPT-2: it fixes the model's shape
+        cfg, hf_args, hf_state = hf.init_from_hf(cfg.init_from, cfg, overrides or {}, meta["tokenizer"])
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if ckpt is None and os.path.exists(os.path.join(cfg.out_dir, checkpoint.CKPT)):
@@ -285,7 +289,11 @@ def train(cfg, overrides=None):
     # model
     model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                       bias=cfg.bias, vocab_size=meta["tokenizer"]["vocab_size"], dropout=cfg.dropout)
+    # keys with no option here (an imported GPT-2's gelu_approx) come from the weights' own model args
+    model_args = {**(ckpt["model_args"] if ckpt is not None else hf_args), **model_args}
     model = GPT(GPTConfig(**model_args)).to(device)
+    if hf_state is not None:
+        model.load_state_dict(hf_state)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     iter_num, best_val_loss = 0, float("inf")
