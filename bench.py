@@ -18,7 +18,7 @@ import torch
 
 from configurator import UserError, parse_args, run
 from model import GPT, GPTConfig
-from train import autocast, resolve_device, resolve_dtype
+from sample import inference_device
 
 
 def timed(fn, repeats, device):
@@ -37,7 +37,7 @@ def timed(fn, repeats, device):
 
 @dataclass
 class SampleBench:
-    """Generation speed with the KV cache and with full recomputation, on random weights (speed does not depend on them)."""
+    """Generation speed with the KV cache and with full recomputation (random weights: speed does not need trained ones)."""
     n_layer: int = 12  # model shape: GPT-2 124M by default
     n_head: int = 12  # attention heads
     n_embd: int = 768  # width
@@ -62,11 +62,9 @@ def bench_sample(cfg):
     if cfg.prompt_tokens < 1 or cfg.new_tokens < 1 or cfg.prompt_tokens + cfg.new_tokens > cfg.block_size:
         raise UserError(f"need 1 <= prompt_tokens, 1 <= new_tokens and prompt_tokens + new_tokens <= block_size "
                         f"({cfg.block_size}): both modes then see exactly the same context")
-    device = resolve_device(cfg.device)
+    device, ctx = inference_device(cfg.device, cfg.dtype)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device_type = device.split(":")[0]
-    ctx = autocast(device_type, resolve_dtype(cfg.dtype, device_type))
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                           vocab_size=cfg.vocab_size)).to(device).eval()
@@ -96,7 +94,8 @@ COMMANDS = {"sample": (SampleBench, bench_sample)}  # train and prepare are to c
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    usage = f"usage: python bench.py {{{','.join(COMMANDS)}}} [--key=value ...]  (--help after a command lists its keys)"
+    usage = (f"usage: python bench.py {{{','.join(COMMANDS)}}} [--key=value ...]  "
+             f"(--help after a command lists its keys)")
     if argv and argv[0] in ("-h", "--help"):
         print(usage)
         return

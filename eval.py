@@ -26,10 +26,9 @@ import torch
 
 from configurator import UserError, parse_args, run
 from dataloader import dataset_dir
-from sample import describe, load_model
+from sample import describe, inference_device, load_model
 from shards import open_shard, read_meta, shard_paths
 from tokenizer import same_tokenizer
-from train import autocast, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -59,9 +58,10 @@ def windows(n, block_size, stride):
 
 
 @torch.no_grad()
-def total_loss(model, tokens, block_size, stride, batch_size, ctx, device):
-    """(sum of the loss in nats, number of targets) over one token stream."""
-    total, count = 0.0, 0
+def score(model, tokens, block_size, stride, batch_size, ctx, device, token_bytes):
+    """(total loss in nats, targets, their bytes) over one token stream; token_bytes[i] is the
+    number of bytes token i decodes to."""
+    total, count, n_bytes = 0.0, 0, 0
     # windows of one length batch together; in a stream only the first and last can be shorter
     for length, group in groupby(windows(len(tokens), block_size, stride), key=lambda w: w[1]):
         group = list(group)
@@ -76,7 +76,8 @@ def total_loss(model, tokens, block_size, stride, batch_size, ctx, device):
                 _, loss = model(x, y.to(device))  # the mean over the n targets
             total += loss.item() * n
             count += n
-    return total, count
+            n_bytes += int(token_bytes[y[y >= 0]].sum())
+    return total, count, n_bytes
 
 
 def evaluate(cfg, info=None):
@@ -84,8 +85,7 @@ def evaluate(cfg, info=None):
     info = info or (lambda msg: print(msg, file=sys.stderr))
     if cfg.batch_size < 1 or cfg.stride < 0:
         raise UserError("batch_size must be at least 1 and stride at least 0")
-    device = resolve_device(cfg.device)
-    ctx = autocast(device.split(":")[0], resolve_dtype(cfg.dtype, device.split(":")[0]))
+    device, ctx = inference_device(cfg.device, cfg.dtype)
     model, tokenizer, path, meta = load_model(cfg.out_dir, device)
     trained = meta["config"] or {}
     if not cfg.dataset and "dataset" not in trained:
@@ -95,7 +95,8 @@ def evaluate(cfg, info=None):
     if not same_tokenizer(data_tokenizer, meta["tokenizer"]):
         a, b = data_tokenizer, meta["tokenizer"]
         raise UserError(f"dataset {data_dir} uses tokenizer {a['kind']} (vocab {a['vocab_size']}), but the model "
-                        f"uses {b['kind']} (vocab {b['vocab_size']}): evaluate on data prepared with the model's tokenizer")
+                        f"uses {b['kind']} (vocab {b['vocab_size']}): evaluate on data prepared with the model's "
+                        f"tokenizer")
     paths = shard_paths(data_dir, cfg.split)
     if not paths:
         raise UserError(f"no {cfg.split} shards in {data_dir}: expected a split prepare.py wrote (train or val)")
@@ -103,14 +104,13 @@ def evaluate(cfg, info=None):
     stride = min(cfg.stride or block_size, block_size)
     info(f"scoring {describe(path, meta)} on every token of {data_dir} {cfg.split}, "
          f"windows of {block_size} at stride {stride}")
-    # bytes each token decodes to; end-of-text is a boundary, not text
-    token_bytes = np.array([len(tokenizer.token_bytes([i])) for i in range(tokenizer.vocab_size)], dtype=np.int64)
+    # the bytes each token decodes to; end-of-text is a boundary, not text
+    token_bytes = torch.tensor([len(tokenizer.token_bytes([i])) for i in range(tokenizer.vocab_size)])
     token_bytes[tokenizer.eot_id] = 0
     nats, targets, n_bytes = 0.0, 0, 0
     for shard_path in paths:
-        tokens = open_shard(shard_path)
-        loss, count = total_loss(model, tokens, block_size, stride, cfg.batch_size, ctx, device)
-        nats, targets, n_bytes = nats + loss, targets + count, n_bytes + int(token_bytes[tokens[1:]].sum())
+        totals = score(model, open_shard(shard_path), block_size, stride, cfg.batch_size, ctx, device, token_bytes)
+        nats, targets, n_bytes = nats + totals[0], targets + totals[1], n_bytes + totals[2]
     if targets == 0:
         raise UserError(f"the {cfg.split} split of {data_dir} has no token to predict")
     loss = nats / targets

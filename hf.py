@@ -80,7 +80,7 @@ def model_args_from_hf(config, path):
     unsupported = [(act not in HF_GELU, f"activation_function={act!r} (expected one of {sorted(HF_GELU)})"),
                    (c["n_inner"] not in (None, 4 * c["n_embd"]), f"n_inner={c['n_inner']} (expected 4 x n_embd)"),
                    (c["layer_norm_epsilon"] != 1e-5, f"layer_norm_epsilon={c['layer_norm_epsilon']} (expected 1e-5)"),
-                   (not c["scale_attn_weights"] or c["scale_attn_by_inverse_layer_idx"], "a non-standard attention scale"),
+                   (not c["scale_attn_weights"] or c["scale_attn_by_inverse_layer_idx"], "another attention scale"),
                    (not c["tie_word_embeddings"], "untied input and output embeddings"),
                    (c["add_cross_attention"], "cross-attention"),
                    (c["n_embd"] % c["n_head"] != 0, f"n_embd={c['n_embd']} not a multiple of n_head={c['n_head']}")]
@@ -97,7 +97,7 @@ def read_hf_weights(path):
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(os.path.join(path, "model.safetensors")) or os.path.isfile(index):
         from safetensors.torch import load_file
-        files = (sorted(set(_read_json(index)["weight_map"].values())) if os.path.isfile(index)
+        files = (sorted(set(_read_json(index).get("weight_map", {}).values())) if os.path.isfile(index)
                  else ["model.safetensors"])
         load = load_file
     elif os.path.isfile(os.path.join(path, "pytorch_model.bin")):
@@ -157,12 +157,14 @@ def init_from_hf(path, cfg, overrides, data_tokenizer):
     shape; block_size below the model's context crops its position table."""
     model_args, state, tokenizer = load_hf_gpt2(path)
     if tokenizer is None or not same_tokenizer(tokenizer, data_tokenizer):
-        have = "an unknown tokenizer" if tokenizer is None else f"tokenizer {tokenizer['kind']} (vocab {tokenizer['vocab_size']})"
+        have = ("an unknown tokenizer" if tokenizer is None
+                else f"tokenizer {tokenizer['kind']} (vocab {tokenizer['vocab_size']})")
         raise UserError(f"the model in {path} uses {have}, the dataset tokenizer {data_tokenizer['kind']} (vocab "
                         f"{data_tokenizer['vocab_size']}): fine-tune on data prepared with the model's tokenizer")
     for key in ("n_layer", "n_head", "n_embd", "bias"):
         if key in overrides and overrides[key] != model_args[key]:
-            raise UserError(f"cannot fine-tune with {key}={overrides[key]}: the model in {path} has {key}={model_args[key]}")
+            raise UserError(f"cannot fine-tune with {key}={overrides[key]}: the model in {path} has "
+                            f"{key}={model_args[key]}")
     if "block_size" in overrides and overrides["block_size"] > model_args["block_size"]:
         raise UserError(f"block_size={overrides['block_size']} is longer than the context of the model in {path} "
                         f"({model_args['block_size']} positions)")

@@ -46,6 +46,13 @@ class SampleConfig:
     no_kv_cache: bool = False  # recompute the whole context for every token instead of caching keys and values (slow)
 
 
+def inference_device(device, dtype):
+    """(device, autocast context) for the device and dtype options of an inference script."""
+    device = resolve_device(device)
+    device_type = device.split(":")[0]
+    return device, autocast(device_type, resolve_dtype(dtype, device_type))
+
+
 def load_model(out_dir, device):
     """(model, tokenizer, source path, info) from the checkpoint out_dir points to, or from a Hugging
     Face GPT-2 directory. info: iter_num, best_val_loss, the training config (None for an HF
@@ -203,8 +210,7 @@ def sample(cfg, out=sys.stdout, info=None, inp=None):
     if cfg.interactive and cfg.start:
         raise UserError("--interactive reads the prompts from stdin: leave out --start")
     prompts = read_lines(inp or sys.stdin) if cfg.interactive else [read_prompt(cfg.start)]
-    device = resolve_device(cfg.device)
-    ctx = autocast(device.split(":")[0], resolve_dtype(cfg.dtype, device.split(":")[0]))
+    device, ctx = inference_device(cfg.device, cfg.dtype)
     model, tokenizer, path, meta = load_model(cfg.out_dir, device)
     info(f"sampling from {describe(path, meta)}")
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
