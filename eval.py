@@ -87,10 +87,11 @@ def evaluate(cfg, info=None):
         raise UserError("batch_size must be at least 1 and stride at least 0")
     device, ctx = inference_device(cfg.device, cfg.dtype)
     model, tokenizer, path, meta = load_model(cfg.out_dir, device)
-    trained = meta["config"] or {}
-    if not cfg.dataset and "dataset" not in trained:
-        raise UserError(f"{path} does not say which data it was trained on: pass --dataset")
-    data_dir = dataset_dir(cfg.dataset or trained["dataset"], cfg.data_root or trained.get("data_root", "data"))
+    trained = meta["config"] or {}  # None for a Hugging Face directory
+    dataset = cfg.dataset or trained.get("dataset")
+    if not dataset or not isinstance(dataset, str):  # not saved, or a mix of several
+        raise UserError(f"{path} does not name the one dataset it was trained on: pass --dataset")
+    data_dir = dataset_dir(dataset, cfg.data_root or trained.get("data_root", "data"))
     data_tokenizer = read_meta(data_dir)["tokenizer"]
     if not same_tokenizer(data_tokenizer, meta["tokenizer"]):
         a, b = data_tokenizer, meta["tokenizer"]

@@ -89,10 +89,11 @@ def test_mistakes_are_clear_errors(data_root, tmp_path):
     with pytest.raises(UserError, match="dataset folder .*nope not found"):
         run_eval(out_dir=path, dataset="nope")
     ckpt = checkpoint.load(path)
-    del ckpt["config"]
-    checkpoint.save(ckpt, path)
-    with pytest.raises(UserError, match="pass --dataset"):
-        run_eval(out_dir=path)
+    for config in ({"dataset": {"tiny_char": 0.5, "other": 0.5}}, None):  # a mix of datasets; none saved
+        ckpt["config"] = config
+        checkpoint.save(ckpt, path)
+        with pytest.raises(UserError, match="does not name the one dataset .* pass --dataset"):
+            run_eval(out_dir=path)
     assert run_eval(out_dir=path, dataset="tiny_char", data_root=data_root)["tokens"] > 0
 
 
