@@ -29,6 +29,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True        # biases in Linear and LayerNorm, like GPT-2; False is a bit faster
+    gelu_approx: str = "none"  # "none": exact (erf) GELU; "tanh": GPT-2's approximation, for OpenAI's weights
 
 
 class CausalSelfAttention(nn.Module):
@@ -63,9 +64,10 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # exact (erf) GELU, as nanoGPT: on CPUs it is 2-3x faster than GPT-2's tanh approximation, and the
-        # two differ by < 1e-3 (Hugging Face's GPT-2 calls this activation_function="gelu")
-        self.gelu = nn.GELU()
+        # exact (erf) GELU by default, as nanoGPT: on CPUs it is 2-3x faster than GPT-2's tanh approximation,
+        # and the two differ by < 1e-3 (Hugging Face's GPT-2 calls them "gelu" and "gelu_new"). Weights
+        # trained with the approximation (OpenAI's GPT-2) keep it: gelu_approx="tanh"
+        self.gelu = nn.GELU(approximate=config.gelu_approx)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -308,6 +310,18 @@ class GPT(nn.Module):
         if step is None:
             return torch.cat([last[i] for i in range(len(seqs))])
         return self(step[:, None], cache=cache)[0][:, -1]
+
+
+def state_dict_mismatch(expected, state):
+    """The first way `state` differs from `expected` in tensor names and shapes, or None: one line
+    where load_state_dict would raise a page of them."""
+    for name, t in expected.items():
+        if name not in state:
+            return f"{name} is missing"
+        if tuple(state[name].shape) != tuple(t.shape):
+            return f"{name} has shape {tuple(state[name].shape)} where the config implies {tuple(t.shape)}"
+    extra = sorted(state.keys() - expected.keys())
+    return f"unexpected tensor {extra[0]}" if extra else None
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

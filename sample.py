@@ -1,54 +1,93 @@
 """
-Generate text from a trained model, streamed as it is produced.
+Generate text from a trained model (or a Hugging Face GPT-2 directory), streamed as it is produced.
 
     python sample.py --start "Once upon a time"                # the newest run under out/
-    python sample.py --out_dir out/shakespeare_char --start "ROMEO:" --max_new_tokens 200
+    python sample.py --out_dir out/shakespeare_char --start "ROMEO:" --max_new_tokens 200 --stop "\n\n"
     python sample.py --start FILE:prompt.txt --num_samples 3 --temperature 0.9 --top_p 0.95
+    python sample.py --interactive                             # one prompt per line from stdin, until EOF
+
+The num_samples samples of a prompt are generated together, as one batch. One sample streams token
+by token; several are printed each as soon as it is complete (end-of-text, a stop string, or
+max_new_tokens), so they appear in the order they finish.
 """
 
 import codecs
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 import checkpoint
+import hf
 from configurator import UserError, parse_args, run
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, state_dict_mismatch
 from tokenizer import from_meta
 from train import autocast, resolve_device, resolve_dtype
+
+SEPARATOR = "-" * 40
 
 
 @dataclass
 class SampleConfig:
-    """Generate text from a checkpoint made by train.py."""
-    out_dir: str = "out"  # a run folder, a checkpoint file, or a folder whose newest run is used
+    """Generate text from a checkpoint made by train.py, or from a Hugging Face GPT-2 directory."""
+    out_dir: str = "out"  # a run folder, a checkpoint file, a folder whose newest run is used, or a Hugging Face GPT-2 directory
     start: str = ""  # the prompt, or FILE:path to read it from a file; empty: start from end-of-text
-    num_samples: int = 3  # samples to draw, one after another
-    max_new_tokens: int = 500  # tokens to generate per sample (fewer if end-of-text comes first)
+    num_samples: int = 3  # samples per prompt, generated together as one batch
+    max_new_tokens: int = 500  # tokens to generate per sample (fewer if end-of-text or a stop string comes first)
     temperature: float = 0.8  # 1.0: the model's distribution; lower: more conservative; 0: greedy
     top_k: int = 200  # sample only among the k most likely tokens (0: no limit)
     top_p: float = 1.0  # nucleus sampling: the smallest set of tokens whose probability reaches p (1.0: off)
+    stop: list[str] = field(default_factory=list)  # end a sample at any of these strings, cut before it (\n and \t understood)
+    interactive: bool = False  # read prompts from stdin, one per line, until end of input (Ctrl-D) or Ctrl-C
     seed: int = 1337  # random seed, for reproducible samples
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     dtype: str = "auto"  # auto (bfloat16 where the GPU has it, float32 on CPU), float32, bfloat16, float16
-    kv_cache: bool = True  # reuse the keys and values of past tokens (False: recompute the whole context each token)
+    no_kv_cache: bool = False  # recompute the whole context for every token instead of caching keys and values (slow)
+
+
+def inference_device(device, dtype):
+    """(device, autocast context) for the device and dtype options of an inference script."""
+    device = resolve_device(device)
+    device_type = device.split(":")[0]
+    return device, autocast(device_type, resolve_dtype(dtype, device_type))
 
 
 def load_model(out_dir, device):
-    """(model, tokenizer, checkpoint path, checkpoint info) from the checkpoint out_dir points to."""
-    path = checkpoint.find(out_dir)
-    ckpt = checkpoint.load(path, device)
+    """(model, tokenizer, source path, info) from the checkpoint out_dir points to, or from a Hugging
+    Face GPT-2 directory. info: iter_num, best_val_loss, the training config (None for an HF
+    directory) and the tokenizer's meta."""
+    if hf.is_hf_dir(out_dir):
+        model_args, state, tokenizer_meta = hf.load_hf_gpt2(out_dir)
+        if tokenizer_meta is None:
+            raise UserError(f"{out_dir}: its tokenizer is not one this code has (GPT-2's BPE in vocab.json, or "
+                            f"a nanogpt.json written by export.py)")
+        path, ckpt = out_dir, {"model_args": model_args, "model": state, "tokenizer": tokenizer_meta}
+    else:
+        path = checkpoint.find(out_dir)
+        ckpt = checkpoint.load(path, device)
     try:
         model = GPT(GPTConfig(**ckpt["model_args"]))
+        problem = state_dict_mismatch(model.state_dict(), ckpt["model"])
+        if problem:
+            raise UserError(f"{path}: the weights do not match the model config saved with them: {problem}")
         model.load_state_dict(ckpt["model"])
         tokenizer = from_meta(ckpt["tokenizer"])
     except (KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"{path} is not a checkpoint of this code, or is damaged: "
                         f"{type(e).__name__}: {str(e).splitlines()[0][:150]}") from None
     model.to(device).eval()
-    return model, tokenizer, path, {"iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss")}
+    return model, tokenizer, path, {"iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss"),
+                                    "config": ckpt.get("config"), "tokenizer": ckpt["tokenizer"]}
+
+
+def describe(path, info):
+    """'PATH (step N, val loss X)' for a checkpoint; 'PATH (Hugging Face GPT-2)' for an HF directory."""
+    if info["config"] is None and info["iter_num"] is None:
+        return f"{path} (Hugging Face GPT-2)"
+    best = info["best_val_loss"]
+    return (f"{path} (step {info['iter_num']}"
+            f"{f', val loss {best:.4f}' if isinstance(best, float) and best < float('inf') else ''})")
 
 
 def read_prompt(start):
@@ -71,40 +110,124 @@ def encode_prompt(tokenizer, text, block_size, warn=print):
     return ids
 
 
-def sample(cfg, out=sys.stdout, info=None):
-    """Stream cfg.num_samples samples to `out`; return them as strings (prompt included)."""
+def unescape(s):
+    """'\\n' typed on a command line -> a newline (and the other Python escapes), other text unchanged."""
+    return s.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
+class Continuation:
+    """One sample's text as its tokens arrive: bytes are decoded incrementally (a BPE token can end
+    inside a character), the text is cut before the first stop string, and take() releases only text
+    that cannot turn out to be the start of a stop string."""
+
+    def __init__(self, stops):
+        self.stops = stops
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text, self.shown, self.done = "", 0, False
+
+    def add(self, data, final=False):
+        old = len(self.text)
+        self.text += self.decoder.decode(data, final)
+        # a stop string that ends in the new text starts at most len(stop) - 1 characters before it
+        hits = [i for i in (self.text.find(s, max(0, old - len(s) + 1)) for s in self.stops) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]
+        self.done = self.done or final or bool(hits)
+
+    def take(self):
+        """The text not yet taken that is safe to print."""
+        end = len(self.text)
+        if not self.done:  # hold back a tail that may still grow into a stop string
+            end -= max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        piece, self.shown = self.text[self.shown:end], max(self.shown, end)
+        return piece
+
+
+def generate(model, tokenizer, prompt_text, cfg, generator, out, stops=(), warn=print):
+    """Generate cfg.num_samples continuations of one prompt as a batch and write them to `out`;
+    return the samples, prompt included, in batch order."""
+    prompt = encode_prompt(tokenizer, prompt_text, model.config.block_size, warn)
+    head = tokenizer.decode(prompt) if prompt_text else ""  # the prompt as the model sees it (maybe cropped)
+    rows = [Continuation(stops) for _ in range(cfg.num_samples)]
+    stream, printed = cfg.num_samples == 1, 0
+
+    def emit(row):  # a batch: print each sample once it is complete
+        nonlocal printed
+        out.write((SEPARATOR + "\n" if printed else "") + head + row.take() + "\n")
+        out.flush()
+        printed += 1
+
+    if stream:
+        out.write(head)
+    steps = model.generate_stream([prompt] * cfg.num_samples, cfg.max_new_tokens, cfg.temperature,
+                                  cfg.top_k or None, cfg.top_p, tokenizer.eot_id, not cfg.no_kv_cache, generator)
+    for step in steps:
+        for row, t in zip(rows, step.tolist()):
+            if row.done:
+                continue
+            end = t < 0 or t == tokenizer.eot_id
+            row.add(b"" if end else tokenizer.token_bytes([t]), final=end)
+            if row.done and not stream:
+                emit(row)
+        if stream:
+            out.write(rows[0].take())
+            out.flush()
+        if all(row.done for row in rows):
+            break
+    steps.close()
+    for row in rows:  # the ones that ran to max_new_tokens
+        if not row.done:
+            row.add(b"", final=True)
+            if not stream:
+                emit(row)
+    if stream:
+        out.write(rows[0].take() + "\n")
+        out.flush()
+    return [head + row.text for row in rows]
+
+
+def read_lines(inp):
+    """Interactive prompts: each line of `inp` until its end."""
+    while True:
+        if inp.isatty():
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = inp.readline()
+        if not line:  # end of input
+            return
+        yield line.rstrip("\r\n")
+
+
+def sample(cfg, out=sys.stdout, info=None, inp=None):
+    """Write cfg.num_samples samples per prompt to `out`; return them as strings (prompt included)."""
     info = info or (lambda msg: print(msg, file=sys.stderr))
     if cfg.num_samples < 1 or cfg.max_new_tokens < 0:
         raise UserError("num_samples must be at least 1 and max_new_tokens at least 0")
     if cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
         raise UserError("temperature must be >= 0 and top_p in (0, 1]")
-    device = resolve_device(cfg.device)
-    ctx = autocast(device.split(":")[0], resolve_dtype(cfg.dtype, device.split(":")[0]))
+    stops = [unescape(s) for s in cfg.stop]
+    if "" in stops:
+        raise UserError("--stop: a stop string cannot be empty")
+    if cfg.interactive and cfg.start:
+        raise UserError("--interactive reads the prompts from stdin: leave out --start")
+    prompts = read_lines(inp or sys.stdin) if cfg.interactive else [read_prompt(cfg.start)]
+    device, ctx = inference_device(cfg.device, cfg.dtype)
     model, tokenizer, path, meta = load_model(cfg.out_dir, device)
-    best = meta["best_val_loss"]
-    info(f"sampling from {path} (step {meta['iter_num']}"
-         f"{f', val loss {best:.4f}' if isinstance(best, float) and best < float('inf') else ''})")
-    prompt = encode_prompt(tokenizer, read_prompt(cfg.start), model.config.block_size, warn=info)
+    info(f"sampling from {describe(path, meta)}")
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     texts = []
-    for i in range(cfg.num_samples):
-        text = tokenizer.decode(prompt) if cfg.start else ""
-        out.write(text)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # BPE tokens can split a character
-        with ctx:
-            for step in model.generate_stream([prompt], cfg.max_new_tokens, cfg.temperature, cfg.top_k or None,
-                                              cfg.top_p, tokenizer.eot_id, cfg.kv_cache, generator):
-                t = int(step[0])
-                if t < 0 or t == tokenizer.eot_id:
-                    break
-                piece = decoder.decode(tokenizer.token_bytes([t]))
-                out.write(piece)
-                out.flush()
-                text += piece
-        piece = decoder.decode(b"", final=True)
-        out.write(piece + "\n" + ("-" * 40 + "\n" if i < cfg.num_samples - 1 else ""))
-        out.flush()
-        texts.append(text + piece)
+    try:
+        for text in prompts:
+            try:
+                with ctx:
+                    texts += generate(model, tokenizer, text, cfg, generator, out, stops, info)
+            except UserError as e:
+                if not cfg.interactive:
+                    raise
+                info(f"error: {e}")  # a prompt the tokenizer cannot encode: the session goes on
+    except KeyboardInterrupt:
+        if not cfg.interactive:
+            raise
+        info("")  # Ctrl-C ends an interactive session cleanly
     return texts
 
 

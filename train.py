@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 import checkpoint
+import hf
 import tokenizer
 from configurator import UserError, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
@@ -42,7 +43,7 @@ class TrainConfig:
     eval_iters: int = 200  # batches per split for each evaluation
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # write ckpt.pt at every eval; False: only when val loss improves (and at the end)
-    init_from: str = "scratch"  # scratch, or resume from out_dir/ckpt.pt
+    init_from: str = "scratch"  # scratch, resume from out_dir/ckpt.pt, or a Hugging Face GPT-2 directory to fine-tune
     seed: int = 1337  # model init, data order and dropout all follow from it
     # wandb logging
     wandb_log: bool = False  # also log to Weights & Biases (WANDB_MODE=offline works)
@@ -152,8 +153,8 @@ def check_config(cfg):
     if isinstance(cfg.dataset, dict) and (not cfg.dataset or not all(
             isinstance(k, str) and isinstance(w, (int, float)) and w > 0 for k, w in cfg.dataset.items())):
         raise UserError(f"dataset={cfg.dataset!r}: a mix is {{'name': weight, ...}} with positive weights")
-    if cfg.init_from not in ("scratch", "resume"):
-        raise UserError(f"init_from={cfg.init_from!r}: expected scratch or resume")
+    if cfg.init_from not in ("scratch", "resume") and not os.path.isdir(cfg.init_from):
+        raise UserError(f"init_from={cfg.init_from!r}: expected scratch, resume, or a Hugging Face GPT-2 directory")
     if cfg.max_iters < 0 or cfg.keep_last_n < 0 or cfg.max_skipped_steps < 1:
         raise UserError("max_iters and keep_last_n must be at least 0, max_skipped_steps at least 1")
 
@@ -303,6 +304,10 @@ class Trainer:
             raise UserError(f"dataset {cfg.dataset} uses tokenizer {a['kind']} (vocab {a['vocab_size']}), but the "
                             f"checkpoint was trained with {b['kind']} (vocab {b['vocab_size']}): resume on data "
                             f"prepared with the same tokenizer, or start from scratch")
+        hf_args, hf_state = {}, None
+        if ckpt is None and cfg.init_from != "scratch":  # fine-tune a Hugging Face GPT-2: it fixes the shape
+            cfg, hf_args, hf_state = hf.init_from_hf(cfg.init_from, cfg, overrides or {}, self.meta["tokenizer"])
+            self.cfg = cfg
         if self.master:
             self.check_out_dir(resuming=ckpt is not None)
         if self.device_type == "cuda":
@@ -318,8 +323,12 @@ class Trainer:
         # model and optimizer
         self.model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                                bias=cfg.bias, vocab_size=self.meta["tokenizer"]["vocab_size"], dropout=cfg.dropout)
+        # model args the config has no key for (gelu_approx of an imported GPT-2) come from the weights' source
+        self.model_args = {**(ckpt["model_args"] if ckpt is not None else hf_args), **self.model_args}
         torch.manual_seed(cfg.seed)  # the same initial weights on every process (FSDP shards each one's copy)
         self.raw_model = GPT(GPTConfig(**self.model_args))
+        if hf_state is not None:
+            self.raw_model.load_state_dict(hf_state)
         torch.manual_seed(cfg.seed + self.rank)  # but each its own dropout
         self.preflight()
         self.raw_model.to(device)

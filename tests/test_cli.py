@@ -1,5 +1,6 @@
 """The README's commands through the real command lines, and the errors users see."""
 
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,14 @@ def test_readme_chain_prepare_train_sample(workdir, tokenizer):
     r = cli("sample.py", "--start", "ROMEO:", "--max_new_tokens", "30", "--num_samples", "2", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("ROMEO:") == 2 and f"out/{tokenizer}/best.pt" in r.stderr
+    r = cli("eval.py", "--out_dir", f"out/{tokenizer}", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bits_per_byte"] > 0 and "bits per byte" in r.stderr
+    r = cli("export.py", "--out_dir", f"out/{tokenizer}", "--hf_dir", f"hf/{tokenizer}", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    r = cli("sample.py", "--out_dir", f"hf/{tokenizer}", "--start", "ROMEO:", "--max_new_tokens", "5",
+            "--num_samples", "1", "--stop", "\\n", cwd=workdir)
+    assert r.returncode == 0 and r.stdout.startswith("ROMEO:") and r.stdout.count("\n") == 1, r.stderr
 
 
 def test_shakespeare_config_file_with_overrides(workdir):
@@ -78,3 +87,5 @@ def test_user_mistakes_are_one_line_errors(workdir):
     assert_clean_error(cli("sample.py", "--out_dir", "nothing", cwd=workdir), "no checkpoint")
     assert_clean_error(cli("train.py", "--init_from=resume", "--out_dir=nothing", "--device=cpu", cwd=workdir),
                        "no ckpt.pt")
+    assert_clean_error(cli("export.py", "--out_dir", "nothing", cwd=workdir), "no checkpoint")
+    assert_clean_error(cli("eval.py", "--out_dir", "nothing", cwd=workdir), "no checkpoint")

@@ -84,6 +84,9 @@ def test_train_help_documents_every_key():
     from train import TrainConfig
     from sample import SampleConfig
     from prepare import PrepareConfig
-    for cls in (TrainConfig, SampleConfig, PrepareConfig):
+    from eval import EvalConfig
+    from export import ExportConfig
+    from bench import SampleBench
+    for cls in (TrainConfig, SampleConfig, PrepareConfig, EvalConfig, ExportConfig, SampleBench):
         helps = field_help(cls)
         assert all(helps.get(f.name) for f in fields(cls)), [f.name for f in fields(cls) if not helps.get(f.name)]

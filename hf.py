@@ -1,0 +1,312 @@
+"""
+Hugging Face interop: our GPT as a transformers GPT2LMHeadModel directory, and back.
+
+The two are the same network, so converting is renaming plus three details:
+  - HF's GPT-2 uses Conv1D layers, whose weights are the transpose of nn.Linear's;
+  - HF's GPT-2 always has biases: a model trained with bias=False exports zeros, which is exact;
+  - the GELU: ours is exact by default (HF's "gelu"); OpenAI's GPT-2 weights were trained with the
+    tanh approximation (HF's "gelu_new"), which imports as GPTConfig.gelu_approx="tanh".
+
+An exported directory holds config.json and model.safetensors (what from_pretrained reads), the
+GPT-2 tokenizer's vocab.json and merges.txt (rebuilt offline from tiktoken's ranks), nanogpt.json
+(our tokenizer description and bias setting, so that an import restores the model exactly) and a
+README.md that says how to encode text for the model.
+"""
+
+import functools
+import json
+import os
+import shutil
+from dataclasses import asdict, replace
+
+import torch
+
+from configurator import UserError
+from model import GPT, GPTConfig, state_dict_mismatch
+from tokenizer import EOT_TEXT, GPT2Tokenizer, same_tokenizer
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GELU = {"none": "gelu", "tanh": "gelu_new"}  # ours -> HF's activation_function
+HF_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}  # and back
+SIDECAR = "nanogpt.json"
+EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
+                "special_tokens_map.json", SIDECAR, "README.md")
+# GPT2Config's defaults, for keys a config.json leaves out
+HF_DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+                   activation_function="gelu_new", layer_norm_epsilon=1e-5, scale_attn_weights=True,
+                   scale_attn_by_inverse_layer_idx=False, tie_word_embeddings=True, add_cross_attention=False)
+
+
+def is_hf_dir(path):
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def _shapes(model_args):
+    """Our state dict for these model args, as meta tensors: names and shapes, no memory."""
+    with torch.device("meta"):
+        return GPT(GPTConfig(**model_args)).state_dict()
+
+
+def to_hf(state, model_args):
+    """Our state dict -> GPT2LMHeadModel's (lm_head is left out: HF ties it to wte on load)."""
+    out = {}
+    for name, like in _shapes({**model_args, "bias": True}).items():
+        if name == "lm_head.weight":
+            continue
+        w = state[name] if name in state else torch.zeros(like.shape)  # a model without biases: zero biases
+        out[name] = (w.t() if name.endswith(CONV1D) else w).contiguous()
+    return out
+
+
+def from_hf(hf_state, model_args):
+    """GPT2LMHeadModel's state dict (as normalized by read_hf_weights) -> ours."""
+    out = {}
+    for name in _shapes(model_args):
+        w = hf_state["transformer.wte.weight" if name == "lm_head.weight" else name]
+        out[name] = w.t().contiguous() if name.endswith(CONV1D) else w
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# import: a local Hugging Face GPT-2 directory -> model args, weights, tokenizer
+
+def model_args_from_hf(config, path):
+    """GPTConfig arguments for a GPT-2 config.json, or a UserError naming what we cannot represent."""
+    c = {**HF_DEFAULTS, **config}
+    if c.get("model_type") != "gpt2":
+        raise UserError(f"{path}/config.json describes a {c.get('model_type')!r} model: only GPT-2 (model_type "
+                        f"'gpt2') can be imported")
+    act = c["activation_function"]
+    unsupported = [(act not in HF_GELU, f"activation_function={act!r} (expected one of {sorted(HF_GELU)})"),
+                   (c["n_inner"] not in (None, 4 * c["n_embd"]), f"n_inner={c['n_inner']} (expected 4 x n_embd)"),
+                   (c["layer_norm_epsilon"] != 1e-5, f"layer_norm_epsilon={c['layer_norm_epsilon']} (expected 1e-5)"),
+                   (not c["scale_attn_weights"] or c["scale_attn_by_inverse_layer_idx"], "another attention scale"),
+                   (not c["tie_word_embeddings"], "untied input and output embeddings"),
+                   (c["add_cross_attention"], "cross-attention"),
+                   (c["n_embd"] % c["n_head"] != 0, f"n_embd={c['n_embd']} not a multiple of n_head={c['n_head']}")]
+    for bad, what in unsupported:
+        if bad:
+            raise UserError(f"{path}/config.json has {what}, which this code's GPT cannot represent")
+    return dict(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], block_size=c["n_positions"],
+                vocab_size=c["vocab_size"], bias=True, dropout=0.0, gelu_approx=HF_GELU[act])
+
+
+def read_hf_weights(path):
+    """The tensors of an HF directory (model.safetensors, its sharded form, or pytorch_model.bin),
+    renamed to transformers' current GPT2LMHeadModel names."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(os.path.join(path, "model.safetensors")) or os.path.isfile(index):
+        from safetensors.torch import load_file
+        files = (sorted(set(_read_json(index).get("weight_map", {}).values())) if os.path.isfile(index)
+                 else ["model.safetensors"])
+        load = load_file
+    elif os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+        files, load = ["pytorch_model.bin"], lambda f: torch.load(f, map_location="cpu", weights_only=True)
+    else:
+        raise UserError(f"{path} has a config.json but no weights: expected model.safetensors or pytorch_model.bin")
+    raw = {}
+    for name in files:
+        try:
+            raw.update(load(os.path.join(path, name)))
+        except Exception as e:  # safetensors, pickle and OS errors alike: a damaged or missing file
+            raise UserError(f"cannot read {os.path.join(path, name)}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:150] if str(e) else ''}") from None
+    out = {}
+    for k, v in raw.items():
+        if k.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # the causal-mask buffers older files carry: not weights
+        # OpenAI's original upload names GPT2Model's tensors (h.0..., wte.weight) without 'transformer.'
+        out[k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k] = v.float()
+    return out
+
+
+def load_hf_gpt2(path):
+    """(model_args for GPTConfig, state dict in our naming, tokenizer meta or None when the directory's
+    tokenizer is not one this code has) from a local Hugging Face GPT-2 directory."""
+    if not is_hf_dir(path):
+        raise UserError(f"{path} is not a Hugging Face model directory (it has no config.json)")
+    model_args = model_args_from_hf(_read_json(os.path.join(path, "config.json")), path)
+    hf_state = read_hf_weights(path)
+    head = hf_state.pop("lm_head.weight", None)
+    problem = state_dict_mismatch(to_hf(_shapes(model_args), model_args), hf_state)
+    if problem is None and head is not None and not torch.equal(head, hf_state["transformer.wte.weight"]):
+        problem = "lm_head.weight differs from transformer.wte.weight (this code's GPT ties them)"
+    if problem:
+        raise UserError(f"{path}: the weights do not match its config.json: {problem}")
+    ours = _read_json(os.path.join(path, SIDECAR)) if os.path.isfile(os.path.join(path, SIDECAR)) else {}
+    biases = [v for k, v in hf_state.items() if k.endswith(".bias")]
+    if ours.get("bias") is False and not any(bool(b.any()) for b in biases):
+        model_args["bias"] = False  # exported from a model without biases: import it as it was
+    return model_args, from_hf(hf_state, model_args), ours.get("tokenizer") or _hf_tokenizer_meta(path)
+
+
+def _hf_tokenizer_meta(path):
+    """Our description of an HF directory's tokenizer when it is GPT-2's BPE, else None."""
+    vocab = None
+    if os.path.isfile(os.path.join(path, "vocab.json")):
+        vocab = _read_json(os.path.join(path, "vocab.json"))
+    elif os.path.isfile(os.path.join(path, "tokenizer.json")):
+        vocab = _read_json(os.path.join(path, "tokenizer.json")).get("model", {}).get("vocab")
+    if vocab is None or len(vocab) != 50257 or vocab != gpt2_vocab_and_merges()[0]:
+        return None
+    return GPT2Tokenizer().meta()
+
+
+def init_from_hf(path, cfg, overrides, data_tokenizer):
+    """train.py --init_from=DIR: (cfg with the model's shape, model args, weights). The weights fix the
+    shape; block_size below the model's context crops its position table."""
+    model_args, state, tokenizer = load_hf_gpt2(path)
+    if tokenizer is None or not same_tokenizer(tokenizer, data_tokenizer):
+        have = ("an unknown tokenizer" if tokenizer is None
+                else f"tokenizer {tokenizer['kind']} (vocab {tokenizer['vocab_size']})")
+        raise UserError(f"the model in {path} uses {have}, the dataset tokenizer {data_tokenizer['kind']} (vocab "
+                        f"{data_tokenizer['vocab_size']}): fine-tune on data prepared with the model's tokenizer")
+    for key in ("n_layer", "n_head", "n_embd", "bias"):
+        if key in overrides and overrides[key] != model_args[key]:
+            raise UserError(f"cannot fine-tune with {key}={overrides[key]}: the model in {path} has "
+                            f"{key}={model_args[key]}")
+    if "block_size" in overrides and overrides["block_size"] > model_args["block_size"]:
+        raise UserError(f"block_size={overrides['block_size']} is longer than the context of the model in {path} "
+                        f"({model_args['block_size']} positions)")
+    block_size = min(cfg.block_size, model_args["block_size"])
+    state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:block_size]
+    model_args.update(block_size=block_size, dropout=cfg.dropout)
+    cfg = replace(cfg, **{k: model_args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias")})
+    return cfg, model_args, state
+
+
+# ---------------------------------------------------------------------------------------------
+# export: model + tokenizer -> a directory GPT2LMHeadModel.from_pretrained loads
+
+@functools.lru_cache(maxsize=1)
+def gpt2_vocab_and_merges():
+    """GPT-2's vocab.json and merges.txt contents, rebuilt from tiktoken's ranks, offline.
+
+    tiktoken stores only rank per token; a merge is the pair of tokens that BPE joins last to make a
+    token, found by running BPE on the token's bytes with only the merges ranked below it."""
+    enc = GPT2Tokenizer().enc
+    ranks = {enc.decode_single_token_bytes(i): i for i in range(enc.eot_token)}
+    byte_char = _bytes_to_unicode()
+    text = lambda b: "".join(byte_char[x] for x in b)
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) > 1:
+            left, right = _bpe(ranks, token, rank)
+            merges.append(f"{text(left)} {text(right)}")
+    vocab = {text(token): rank for token, rank in ranks.items()}
+    vocab[EOT_TEXT] = enc.eot_token
+    return vocab, merges
+
+
+def _bpe(ranks, token, max_rank):
+    parts = [bytes([b]) for b in token]
+    while True:
+        pairs = [(ranks.get(a + b, max_rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank >= max_rank:
+            return parts
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+
+
+def _bytes_to_unicode():
+    """GPT-2's reversible map from bytes to printable characters, the alphabet of vocab.json."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(shifted)}}
+
+
+def hf_config(model_args, eot_id):
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": model_args["vocab_size"], "n_positions": model_args["block_size"],
+            "n_embd": model_args["n_embd"], "n_layer": model_args["n_layer"], "n_head": model_args["n_head"],
+            "n_inner": None, "activation_function": GELU[model_args.get("gelu_approx", "none")],
+            "resid_pdrop": model_args["dropout"], "embd_pdrop": model_args["dropout"],
+            "attn_pdrop": model_args["dropout"], "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
+            "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+            "tie_word_embeddings": True, "bos_token_id": eot_id, "eos_token_id": eot_id, "dtype": "float32"}
+
+
+def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
+    """Write `model` and its tokenizer as a Hugging Face GPT-2 directory; returns the files written.
+    Other files in hf_dir are left alone; with overwrite, a previous export's files are replaced."""
+    from safetensors.torch import save_file
+    kind = tokenizer_meta.get("kind")
+    if kind not in ("gpt2", "char"):
+        raise UserError(f"cannot export tokenizer kind {kind!r}: export writes the gpt2 and char tokenizers only")
+    if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
+        raise UserError(f"hf_dir {hf_dir} is a file: choose a directory")
+    if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not overwrite:
+        raise UserError(f"{hf_dir} already exists and is not empty: pass --overwrite to replace an export there, "
+                        f"or choose another --hf_dir (nothing was written)")
+    model_args = asdict(model.config)
+    eot = tokenizer_meta["eot_id"]
+    files = {"config.json": hf_config(model_args, eot),
+             SIDECAR: {"tokenizer": tokenizer_meta, "bias": model_args["bias"], "source": source},
+             "README.md": export_readme(model_args, tokenizer_meta, source, model.get_num_params())}
+    if kind == "gpt2":
+        vocab, merges = gpt2_vocab_and_merges()
+        special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
+        files.update({"vocab.json": vocab, "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+                      "special_tokens_map.json": special,
+                      "tokenizer_config.json": {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
+                                                "model_max_length": model_args["block_size"], **special}})
+    parent, name = os.path.split(os.path.abspath(hf_dir))
+    work = os.path.join(parent, f".{name}.partial")  # a crash leaves only this behind, never half an export
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    for fname, content in files.items():
+        with open(os.path.join(work, fname), "w", encoding="utf-8") as f:
+            f.write(content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_file(to_hf(state, model_args), os.path.join(work, "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(os.path.join(work, "model.safetensors"), os.stat(os.path.join(work, "config.json")).st_mode)  # not 0600
+    os.makedirs(hf_dir, exist_ok=True)
+    for fname in EXPORT_FILES:
+        if os.path.exists(os.path.join(work, fname)):
+            os.replace(os.path.join(work, fname), os.path.join(hf_dir, fname))
+        elif os.path.exists(os.path.join(hf_dir, fname)):
+            os.remove(os.path.join(hf_dir, fname))  # a previous export's file that this one does not have
+    os.rmdir(work)
+    return sorted(set(files) | {"model.safetensors"})
+
+
+def export_readme(model_args, tokenizer_meta, source, n_params):
+    a = model_args
+    lines = [f"# GPT-2 model exported by nanogpt-style export.py", "",
+             f"{n_params / 1e6:.2f}M parameters: {a['n_layer']} layers, {a['n_head']} heads, {a['n_embd']} wide, "
+             f"context {a['block_size']} tokens, vocabulary {a['vocab_size']}, "
+             f"{'tanh-approximate' if a.get('gelu_approx') == 'tanh' else 'exact (erf)'} GELU. Source: {source}.", "",
+             "```python", "from transformers import GPT2LMHeadModel",
+             'model = GPT2LMHeadModel.from_pretrained("THIS_DIRECTORY")', "```", "",
+             "Back into nanogpt-style code: `python sample.py --out_dir THIS_DIRECTORY`, "
+             "`python train.py --init_from=THIS_DIRECTORY` (fine-tuning).", "", "## Encoding text", ""]
+    if tokenizer_meta["kind"] == "gpt2":
+        lines += ["GPT-2's byte-level BPE (50,257 ids; `<|endoftext|>` = 50256 separates documents). "
+                  "`AutoTokenizer.from_pretrained(\"THIS_DIRECTORY\")` loads it from vocab.json and merges.txt and "
+                  "gives the same ids as `tiktoken.get_encoding(\"r50k_base\").encode_ordinary(text)`, except that "
+                  "the literal text `<|endoftext|>` becomes the special token (tiktoken's ordinary encoding keeps it "
+                  "as text). To generate from scratch, start from the id 50256."]
+    else:
+        chars = tokenizer_meta["chars"]
+        lines += [f"Character level, no Hugging Face tokenizer: id i is the i-th character of the table below "
+                  f"({len(chars)} characters), and id {tokenizer_meta['eot_id']} is end-of-text (it ends every "
+                  f"document; start from it to generate from scratch). Text with other characters cannot be "
+                  f"encoded. nanogpt.json holds the same table.", "", "```python",
+                  f"chars = {json.dumps(chars, ensure_ascii=False)}", "stoi = {c: i for i, c in enumerate(chars)}",
+                  "ids = [stoi[c] for c in text]", f"text = ''.join(chars[i] for i in ids if i != {len(chars)})", "```",
+                  "", "| id | character (JSON-escaped) | code point |", "| --- | --- | --- |"]
+        lines += [f"| {i} | `` {_escape(c)} `` | U+{ord(c):04X} |" for i, c in enumerate(chars)]
+    return "\n".join(lines) + "\n"
+
+
+def _escape(c):
+    # JSON escapes make newlines and tabs visible; a GitHub table needs "|" escaped even inside code
+    return json.dumps(c, ensure_ascii=False)[1:-1].replace("|", "\\|")
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:150]}") from None
