@@ -23,7 +23,7 @@ import torch
 
 from configurator import UserError
 from model import GPT, GPTConfig, state_dict_mismatch
-from tokenizer import EOT_TEXT, GPT2Tokenizer, same_tokenizer
+from tokenizer import EOT_TEXT, GPT2Tokenizer, bytes_to_unicode, same_tokenizer
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GELU = {"none": "gelu", "tanh": "gelu_new"}  # ours -> HF's activation_function
@@ -186,7 +186,7 @@ def gpt2_vocab_and_merges():
     token, found by running BPE on the token's bytes with only the merges ranked below it."""
     enc = GPT2Tokenizer().enc
     ranks = {enc.decode_single_token_bytes(i): i for i in range(enc.eot_token)}
-    byte_char = _bytes_to_unicode()
+    byte_char = bytes_to_unicode()
     text = lambda b: "".join(byte_char[x] for x in b)
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
@@ -206,13 +206,6 @@ def _bpe(ranks, token, max_rank):
         if rank >= max_rank:
             return parts
         parts[i:i + 2] = [parts[i] + parts[i + 1]]
-
-
-def _bytes_to_unicode():
-    """GPT-2's reversible map from bytes to printable characters, the alphabet of vocab.json."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    shifted = [b for b in range(256) if b not in keep]
-    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(shifted)}}
 
 
 def hf_config(model_args, eot_id):

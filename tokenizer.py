@@ -97,17 +97,12 @@ class CharTokenizer:
         return {"kind": "char", "vocab_size": self.vocab_size, "eot_id": self.eot_id, "chars": "".join(self.chars)}
 
 
-def _byte_decoder():
-    """GPT-2's byte-level alphabet: each byte is shown as a printable character; this maps them back."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars, n = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + n)
-            n += 1
-    return {c: b for b, c in chars.items()}
+def bytes_to_unicode():
+    """GPT-2's reversible map from bytes to printable characters: the alphabet of byte-level BPE
+    vocabularies (vocab.json, tokenizers' ByteLevel)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(shifted)}}
 
 
 class BPETokenizer:
@@ -122,7 +117,7 @@ class BPETokenizer:
         self.json = json_str
         self.eot_id = self.tok.get_vocab_size()
         self.vocab_size = self.eot_id + 1
-        decoder = _byte_decoder()
+        decoder = {c: b for b, c in bytes_to_unicode().items()}
         self._bytes = [bytes(decoder[c] for c in self.tok.id_to_token(i)) for i in range(self.eot_id)]
         self._bytes.append(EOT_TEXT.encode())
 
