@@ -29,7 +29,7 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 GELU = {"none": "gelu", "tanh": "gelu_new"}  # ours -> HF's activation_function
 HF_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}  # and back
 SIDECAR = "nanogpt.json"
-EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
+EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", SIDECAR, "README.md")
 # GPT2Config's defaults, for keys a config.json leaves out
 HF_DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
@@ -224,8 +224,8 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
     Other files in hf_dir are left alone; with overwrite, a previous export's files are replaced."""
     from safetensors.torch import save_file
     kind = tokenizer_meta.get("kind")
-    if kind not in ("gpt2", "char"):
-        raise UserError(f"cannot export tokenizer kind {kind!r}: export writes the gpt2 and char tokenizers only")
+    if kind not in ("gpt2", "char", "bpe"):
+        raise UserError(f"cannot export tokenizer kind {kind!r}: export writes the gpt2, char and bpe tokenizers")
     if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
         raise UserError(f"hf_dir {hf_dir} is a file: choose a directory")
     if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not overwrite:
@@ -242,6 +242,14 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
         files.update({"vocab.json": vocab, "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
                       "special_tokens_map.json": special,
                       "tokenizer_config.json": {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
+                                                "model_max_length": model_args["block_size"], **special}})
+    if kind == "bpe":  # the trained BPE as the tokenizers file it is, with end-of-text at our id
+        from tokenizer import BPETokenizer
+        tok = BPETokenizer(tokenizer_meta["json"]).tok
+        tok.add_special_tokens([EOT_TEXT])  # takes the next id: one past the trained vocabulary, like ours
+        special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
+        files.update({"tokenizer.json": tok.to_str(), "special_tokens_map.json": special,
+                      "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
                                                 "model_max_length": model_args["block_size"], **special}})
     parent, name = os.path.split(os.path.abspath(hf_dir))
     work = os.path.join(parent, f".{name}.partial")  # a crash leaves only this behind, never half an export
@@ -279,6 +287,12 @@ def export_readme(model_args, tokenizer_meta, source, n_params):
                   "gives the same ids as `tiktoken.get_encoding(\"r50k_base\").encode_ordinary(text)`, except that "
                   "the literal text `<|endoftext|>` becomes the special token (tiktoken's ordinary encoding keeps it "
                   "as text). To generate from scratch, start from the id 50256."]
+    elif tokenizer_meta["kind"] == "bpe":
+        lines += [f"A byte-level BPE trained on this model's data ({tokenizer_meta['vocab_size']} ids; "
+                  f"`<|endoftext|>` = {tokenizer_meta['eot_id']} separates documents). "
+                  "`AutoTokenizer.from_pretrained(\"THIS_DIRECTORY\")` loads it from tokenizer.json and gives the same "
+                  "ids as training did, except that the literal text `<|endoftext|>` becomes the special token "
+                  f"(training kept it as text). To generate from scratch, start from the id {tokenizer_meta['eot_id']}."]
     else:
         chars = tokenizer_meta["chars"]
         lines += [f"Character level, no Hugging Face tokenizer: id i is the i-th character of the table below "

@@ -179,8 +179,8 @@ def test_hf_dir_that_exists_is_refused_unless_overwrite(runs, exported, tmp_path
 
 def test_a_tokenizer_the_export_cannot_express(runs, tmp_path):
     model = load_model(str(runs / "char"), "cpu")[0]
-    with pytest.raises(UserError, match="cannot export tokenizer kind 'bpe'"):
-        hf.export_hf(model, {"kind": "bpe", "vocab_size": 60, "eot_id": 59}, str(tmp_path / "x"))
+    with pytest.raises(UserError, match="cannot export tokenizer kind 'unigram'"):
+        hf.export_hf(model, {"kind": "unigram", "vocab_size": 60, "eot_id": 59}, str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
 
 
@@ -218,3 +218,31 @@ def test_fine_tune_on_data_with_another_tokenizer(exported, data_root, tmp_path)
         train(tiny_train_config(data_root, tmp_path, init_from=str(exported / "char"), n_embd=64), {"n_embd": 64})
     with pytest.raises(UserError, match="expected scratch, resume, or a Hugging Face GPT-2 directory"):
         train(tiny_train_config(data_root, tmp_path, init_from=str(tmp_path / "missing")))
+
+
+def test_a_trained_bpe_model_exports_with_its_tokenizer(tmp_path, shakespeare_text):
+    """A model on a trained BPE: transformers loads model and tokenizer; ids and logits match ours."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from prepare import PrepareConfig, prepare
+    from sources import SourceConfig
+    from tokenizer import from_meta
+    from train import train
+    from conftest import tiny_train_config
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(shakespeare_text[:50000])
+    meta = prepare(PrepareConfig(data_root=str(tmp_path / "data"), name="b", tokenizer="bpe", vocab_size=400,
+                                 num_proc=1), [SourceConfig(input=[str(corpus)])])
+    train(tiny_train_config(str(tmp_path / "data"), tmp_path / "run", dataset="b", max_iters=2))
+    export(ExportConfig(out_dir=str(tmp_path / "run"), hf_dir=str(tmp_path / "hf")), info=lambda m: None)
+    ours = from_meta(meta["tokenizer"])
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    text = shakespeare_text[60000:62000]
+    assert theirs(text)["input_ids"] == ours.encode(text) and theirs.eos_token_id == ours.eot_id
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    model = load_model(str(tmp_path / "run"), "cpu")[0]
+    ids = torch.tensor([ours.encode(text)[:32]])
+    torch.testing.assert_close(hf_model(ids).logits, model(ids, torch.zeros_like(ids))[0], rtol=1e-4, atol=1e-4)
+    assert "trained on this model's data" in (tmp_path / "hf" / "README.md").read_text()
+    model2, tok2 = load_model(str(tmp_path / "hf"), "cpu")[:2]  # and back
+    assert tok2.encode(text) == ours.encode(text)
