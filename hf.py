@@ -48,10 +48,10 @@ def _shapes(model_args):
 
 
 def to_hf(state, model_args):
-    """Our state dict -> GPT2LMHeadModel's (lm_head is left out: HF ties it to wte on load)."""
+    """Our state dict -> GPT2LMHeadModel's (a tied lm_head is left out: HF ties it to wte on load)."""
     out = {}
     for name, like in _shapes({**model_args, "bias": True}).items():
-        if name == "lm_head.weight":
+        if name == "lm_head.weight" and model_args.get("tie_embeddings", True):
             continue
         w = state[name] if name in state else torch.zeros(like.shape)  # a model without biases: zero biases
         out[name] = (w.t() if name.endswith(CONV1D) else w).contiguous()
@@ -62,7 +62,8 @@ def from_hf(hf_state, model_args):
     """GPT2LMHeadModel's state dict (as normalized by read_hf_weights) -> ours."""
     out = {}
     for name in _shapes(model_args):
-        w = hf_state["transformer.wte.weight" if name == "lm_head.weight" else name]
+        tied = name == "lm_head.weight" and model_args.get("tie_embeddings", True)
+        w = hf_state["transformer.wte.weight" if tied else name]
         out[name] = w.t().contiguous() if name.endswith(CONV1D) else w
     return out
 
@@ -77,18 +78,19 @@ def model_args_from_hf(config, path):
         raise UserError(f"{path}/config.json describes a {c.get('model_type')!r} model: only GPT-2 (model_type "
                         f"'gpt2') can be imported")
     act = c["activation_function"]
-    unsupported = [(act not in HF_GELU, f"activation_function={act!r} (expected one of {sorted(HF_GELU)})"),
+    unsupported = [(act not in HF_GELU and act != "relu2",
+                    f"activation_function={act!r} (expected one of {sorted(HF_GELU) + ['relu2']})"),
                    (c["n_inner"] not in (None, 4 * c["n_embd"]), f"n_inner={c['n_inner']} (expected 4 x n_embd)"),
                    (c["layer_norm_epsilon"] != 1e-5, f"layer_norm_epsilon={c['layer_norm_epsilon']} (expected 1e-5)"),
                    (not c["scale_attn_weights"] or c["scale_attn_by_inverse_layer_idx"], "another attention scale"),
-                   (not c["tie_word_embeddings"], "untied input and output embeddings"),
                    (c["add_cross_attention"], "cross-attention"),
                    (c["n_embd"] % c["n_head"] != 0, f"n_embd={c['n_embd']} not a multiple of n_head={c['n_head']}")]
     for bad, what in unsupported:
         if bad:
             raise UserError(f"{path}/config.json has {what}, which this code's GPT cannot represent")
     return dict(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], block_size=c["n_positions"],
-                vocab_size=c["vocab_size"], bias=True, dropout=0.0, gelu_approx=HF_GELU[act])
+                vocab_size=c["vocab_size"], bias=True, dropout=0.0, gelu_approx=HF_GELU.get(act, "none"),
+                mlp="relu2" if act == "relu2" else "gelu", tie_embeddings=bool(c["tie_word_embeddings"]))
 
 
 def read_hf_weights(path):
@@ -127,10 +129,10 @@ def load_hf_gpt2(path):
         raise UserError(f"{path} is not a Hugging Face model directory (it has no config.json)")
     model_args = model_args_from_hf(_read_json(os.path.join(path, "config.json")), path)
     hf_state = read_hf_weights(path)
-    head = hf_state.pop("lm_head.weight", None)
+    head = hf_state.pop("lm_head.weight", None) if model_args["tie_embeddings"] else None
     problem = state_dict_mismatch(to_hf(_shapes(model_args), model_args), hf_state)
     if problem is None and head is not None and not torch.equal(head, hf_state["transformer.wte.weight"]):
-        problem = "lm_head.weight differs from transformer.wte.weight (this code's GPT ties them)"
+        problem = "lm_head.weight differs from transformer.wte.weight, but config.json says they are tied"
     if problem:
         raise UserError(f"{path}: the weights do not match its config.json: {problem}")
     ours = _read_json(os.path.join(path, SIDECAR)) if os.path.isfile(os.path.join(path, SIDECAR)) else {}
@@ -212,11 +214,21 @@ def hf_config(model_args, eot_id):
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": model_args["vocab_size"], "n_positions": model_args["block_size"],
             "n_embd": model_args["n_embd"], "n_layer": model_args["n_layer"], "n_head": model_args["n_head"],
-            "n_inner": None, "activation_function": GELU[model_args.get("gelu_approx", "none")],
+            "n_inner": None, "activation_function": ("relu2" if model_args.get("mlp") == "relu2"
+                                                     else GELU[model_args.get("gelu_approx", "none")]),
             "resid_pdrop": model_args["dropout"], "embd_pdrop": model_args["dropout"],
             "attn_pdrop": model_args["dropout"], "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-            "tie_word_embeddings": True, "bos_token_id": eot_id, "eos_token_id": eot_id, "dtype": "float32"}
+            "tie_word_embeddings": model_args.get("tie_embeddings", True), "bos_token_id": eot_id,
+            "eos_token_id": eot_id, "dtype": "float32"}
+
+
+def unexportable(model_args):
+    """The switches a GPT-2 directory cannot express (relu2, an untied head and zero init it can)."""
+    a = model_args
+    return [what for bad, what in ((a.get("rope"), "rope"), (a.get("norm", "layernorm") != "layernorm", "norm=rmsnorm"),
+                                   (a.get("qk_norm"), "qk_norm"), (a.get("mlp") == "swiglu", "mlp=swiglu"),
+                                   (a.get("logit_softcap", 0) > 0, "logit_softcap")) if bad]
 
 
 def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
@@ -226,6 +238,10 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
     kind = tokenizer_meta.get("kind")
     if kind not in ("gpt2", "char", "bpe"):
         raise UserError(f"cannot export tokenizer kind {kind!r}: export writes the gpt2, char and bpe tokenizers")
+    missing = unexportable(asdict(model.config))
+    if missing:
+        raise UserError(f"cannot export: Hugging Face's GPT-2 has no {', '.join(missing)}; this model needs "
+                        f"this code (sample.py, eval.py) or a converter of your own")
     if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
         raise UserError(f"hf_dir {hf_dir} is a file: choose a directory")
     if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not overwrite:

@@ -29,6 +29,7 @@ import tokenizer
 from configurator import UserError, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
 from metrics import Metrics
+import model
 from model import GPT, GPTConfig, estimate_mfu
 from shards import read_header, read_meta, shard_paths
 
@@ -61,12 +62,23 @@ class TrainConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # dropout probability (0 for pretraining; try 0.1+ to fine-tune or on small data)
     bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; without is a bit faster)
+    # modern switches (docs/recipes.md), all off: GPT-2 classic
+    rope: bool = False  # rotary position embeddings instead of a learned position table
+    norm: str = "layernorm"  # layernorm, or rmsnorm
+    qk_norm: bool = False  # RMS-normalize queries and keys per head before attention
+    mlp: str = "gelu"  # gelu, relu2 (ReLU squared) or swiglu (a gated MLP of the same size)
+    tie_embeddings: bool = True  # share the token embedding and the output head (False: separate matrices)
+    zero_init: bool = False  # start the blocks' output projections (and an untied head) at zero
+    logit_softcap: float = 0.0  # > 0: squash logits smoothly into (-c, c) with c * tanh(logits / c)
     # AdamW optimizer
     learning_rate: float = 6e-4  # peak learning rate
     max_iters: int = 600000  # optimizer steps in all
     weight_decay: float = 0.1  # decoupled weight decay on matrices (not biases or norms)
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
+    optimizer: str = "adamw"  # adamw, or muon: Muon for the blocks' weight matrices, AdamW for the rest
+    muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it like learning_rate)
+    muon_momentum: float = 0.95  # Muon's momentum
     grad_clip: float = 1.0  # clip the gradient norm to this (0: no clipping)
     # learning rate schedule: linear warmup, then cosine decay to min_lr
     decay_lr: bool = True  # False: constant learning_rate
@@ -90,7 +102,9 @@ class TrainConfig:
     sample_tokens: int = 64  # length of the sample printed at every eval (0: no sample)
 
 
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "rope", "norm", "qk_norm", "mlp",
+              "tie_embeddings", "logit_softcap")
+SWITCHES = ("rope", "norm", "qk_norm", "mlp", "tie_embeddings", "zero_init", "logit_softcap")
 
 
 def get_lr(it, cfg):
@@ -146,8 +160,6 @@ def check_config(cfg):
                 "eval_iters", "eval_interval", "log_interval"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key}={getattr(cfg, key)}: must be at least 1")
-    if cfg.n_embd % cfg.n_head:
-        raise UserError(f"n_embd={cfg.n_embd} is not a multiple of n_head={cfg.n_head}")
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"dropout={cfg.dropout}: must be in [0, 1)")
     if isinstance(cfg.dataset, dict) and (not cfg.dataset or not all(
@@ -155,6 +167,14 @@ def check_config(cfg):
         raise UserError(f"dataset={cfg.dataset!r}: a mix is {{'name': weight, ...}} with positive weights")
     if cfg.init_from not in ("scratch", "resume") and not os.path.isdir(cfg.init_from):
         raise UserError(f"init_from={cfg.init_from!r}: expected scratch, resume, or a Hugging Face GPT-2 directory")
+    try:
+        model.check_config(GPTConfig(**{k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") + SWITCHES}))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise UserError(f"optimizer={cfg.optimizer!r}: expected adamw or muon")
+    if cfg.optimizer == "muon" and cfg.fsdp:
+        raise UserError("optimizer=muon needs whole matrices; it does not work with fsdp=True (use DDP)")
     if cfg.max_iters < 0 or cfg.keep_last_n < 0 or cfg.max_skipped_steps < 1:
         raise UserError("max_iters and keep_last_n must be at least 0, max_skipped_steps at least 1")
 
@@ -322,7 +342,8 @@ class Trainer:
 
         # model and optimizer
         self.model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                               bias=cfg.bias, vocab_size=self.meta["tokenizer"]["vocab_size"], dropout=cfg.dropout)
+                               bias=cfg.bias, vocab_size=self.meta["tokenizer"]["vocab_size"], dropout=cfg.dropout,
+                               **{k: getattr(cfg, k) for k in SWITCHES})
         # model args the config has no key for (gelu_approx of an imported GPT-2) come from the weights' source
         self.model_args = {**(ckpt["model_args"] if ckpt is not None else hf_args), **self.model_args}
         torch.manual_seed(cfg.seed)  # the same initial weights on every process (FSDP shards each one's copy)
@@ -334,8 +355,9 @@ class Trainer:
         self.raw_model.to(device)
         self.raw_model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model = self.wrap(self.raw_model)
-        self.optimizer = self.raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
-                                                             (cfg.beta1, cfg.beta2), self.device_type)
+        self.optimizer = self.raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                                             self.device_type, cfg.optimizer, cfg.muon_lr,
+                                                             cfg.muon_momentum)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
         self.iter_num, self.best_val_loss, self.lr_scale = 0, float("inf"), 1.0
         self.bad_steps = BadSteps(cfg.spike_threshold)
@@ -496,8 +518,8 @@ class Trainer:
         """One optimizer step of micro_steps micro-batches; returns (loss, grad_norm, skip reason)."""
         cfg = self.cfg
         lr = get_lr(self.iter_num, cfg) * self.lr_scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # the schedule scales every group's own base rate
+            group["lr"] = group.get("base_lr", cfg.learning_rate) * (lr / cfg.learning_rate if cfg.learning_rate else 0)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.micro_steps):
             if self.world > 1 and not self.fsdp:  # all-reduce the gradients only on the last micro-batch

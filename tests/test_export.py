@@ -246,3 +246,31 @@ def test_a_trained_bpe_model_exports_with_its_tokenizer(tmp_path, shakespeare_te
     assert "trained on this model's data" in (tmp_path / "hf" / "README.md").read_text()
     model2, tok2 = load_model(str(tmp_path / "hf"), "cpu")[:2]  # and back
     assert tok2.encode(text) == ours.encode(text)
+
+
+@pytest.mark.parametrize("switches", [{"mlp": "relu2"}, {"tie_embeddings": False, "zero_init": True}])
+def test_switches_gpt2_can_express_export_with_equal_logits(switches, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=66, **switches)).eval()
+    with torch.no_grad():  # zero init would make every logit 0: give the weights something to carry
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    chars = "".join(chr(65 + i) for i in range(65))
+    hf.export_hf(model, {"kind": "char", "vocab_size": 66, "eot_id": 65, "chars": chars}, str(tmp_path / "hf"))
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    ids = torch.randint(66, (2, 16))
+    torch.testing.assert_close(theirs(ids).logits, model(ids, torch.zeros_like(ids))[0], rtol=1e-4, atol=1e-5)
+    args, state, _ = hf.load_hf_gpt2(str(tmp_path / "hf"))  # and back, exactly
+    back = GPT(GPTConfig(**args))
+    back.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+
+
+def test_switches_gpt2_cannot_express_are_refused(tmp_path):
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=66, rope=True, mlp="swiglu"))
+    with pytest.raises(UserError, match="has no rope, mlp=swiglu"):
+        hf.export_hf(model, {"kind": "char", "vocab_size": 66, "eot_id": 65, "chars": "x" * 65}, str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()

@@ -98,3 +98,53 @@ def test_mfu_uses_the_device_peak(monkeypatch):
     assert estimate_mfu(1e9, 1e5, "cuda") == pytest.approx(1e14 / 989e12)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L40S")
     assert peak_flops("cuda") == 362e12  # not L4's
+
+
+SWITCHES = [dict(rope=True), dict(norm="rmsnorm"), dict(qk_norm=True), dict(mlp="relu2"), dict(mlp="swiglu"),
+            dict(tie_embeddings=False), dict(zero_init=True), dict(logit_softcap=15.0),
+            dict(rope=True, norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, zero_init=True,
+                 logit_softcap=15.0)]
+
+
+@pytest.mark.parametrize("switches", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_every_switch_keeps_the_invariants(switches):
+    vocab = 1000
+    model = small_model(vocab_size=vocab, **switches)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(vocab, (4, 32), generator=g), torch.randint(vocab, (4, 32), generator=g)
+    assert abs(model(x, y)[1].item() - math.log(vocab)) < 0.1  # loss at init
+    x2 = x.clone()
+    x2[:, 20:] = torch.randint(vocab, (4, 12), generator=g)  # the future does not change the past
+    torch.testing.assert_close(model(x, y)[0][:, :20], model(x2, y)[0][:, :20])
+    prompts = [[5, 7, 11, 13], [1], list(range(20, 40))]  # the cache equals recomputation, ragged rows too
+    assert model.generate(prompts, 10, temperature=0) == model.generate(prompts, 10, temperature=0, use_cache=False)
+
+
+def test_switch_parameter_counts():
+    base = small_model().get_num_params()
+    assert small_model(rope=True).get_num_params() == base - 32 * 64  # no position table
+    assert small_model(tie_embeddings=False).get_num_params() == base + 101 * 64  # a head of its own
+    assert abs(small_model(mlp="swiglu").get_num_params() - base) < 0.05 * base  # 8/3 x hidden: about the same
+    with pytest.raises(ValueError, match="mlp='geglu'"):
+        small_model(mlp="geglu")
+
+
+def test_muon_orthogonalizes_and_trains():
+    from muon import orthogonalize
+    g = torch.randn(48, 16)
+    s = torch.linalg.svdvals(orthogonalize(g))
+    assert s.min() > 0.5 and s.max() < 1.3  # every singular value near 1
+    model = small_model()
+    model.train()
+    opt = model.configure_optimizers(0.1, 3e-3, (0.9, 0.95), "cpu", optimizer="muon", muon_lr=0.02)
+    # 2 blocks x 4 matrices; wte and wpe; 8 biases and gains per block + the final norm's 2
+    assert [len(gr["params"]) for gr in opt.param_groups] == [8, 2, 18]
+    x = torch.randint(101, (8, 32))
+    losses = []
+    for _ in range(30):
+        _, loss = model(x, torch.roll(x, -1, 1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0

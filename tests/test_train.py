@@ -114,3 +114,25 @@ def test_wandb_offline(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     train(tiny_train_config(data_root, tmp_path, max_iters=3, wandb_log=True))
     assert os.path.isdir(tmp_path / "wandb")
+
+
+def test_modern_switches_and_muon_train_resume_and_sample(data_root, tmp_path):
+    from sample import SampleConfig, sample
+    switches = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, zero_init=True,
+                    logit_softcap=15.0, optimizer="muon")
+    train(tiny_train_config(data_root, tmp_path / "a", max_iters=12, lr_decay_iters=12, eval_interval=4, **switches))
+    ckpt = checkpoint.load(str(tmp_path / "a" / "ckpt.pt"))
+    assert {k: ckpt["model_args"][k] for k in ("rope", "norm", "mlp", "tie_embeddings")} == \
+        {"rope": True, "norm": "rmsnorm", "mlp": "relu2", "tie_embeddings": False}
+    evals = [e["val_loss"] for e in read_metrics(tmp_path / "a") if "val_loss" in e]
+    assert evals[-1] < evals[0] - 0.3
+    # resuming a Muon run is exact too
+    train(tiny_train_config(data_root, tmp_path / "b", max_iters=8, lr_decay_iters=12, eval_interval=4, **switches))
+    overrides = {"init_from": "resume", "out_dir": str(tmp_path / "b"), "max_iters": 12}
+    train(TrainConfig(**overrides), overrides)
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    texts = sample(SampleConfig(out_dir=str(tmp_path / "a"), start="ROMEO:", num_samples=1, max_new_tokens=8,
+                                device="cpu"), out=__import__("io").StringIO(), info=lambda m: None)
+    assert texts[0].startswith("ROMEO:")
+    with pytest.raises(UserError, match="mlp='geglu'"):
+        train(tiny_train_config(data_root, tmp_path / "c", mlp="geglu"))
