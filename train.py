@@ -242,6 +242,20 @@ def fmt_time(s):
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def keep_freed_memory():
+    """Have glibc keep freed memory for reuse instead of returning it to the OS. Big tensors (a step's
+    logits: batch x context x vocab floats) are otherwise mmap'ed fresh every step and every page
+    faulted in again: on a CPU with GPT-2's vocabulary that was half the step time (docs/benchmarks.md)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to do
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    libc.mallopt(M_MMAP_MAX, 0)  # big blocks come from the heap...
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # ...which keeps what is freed
+
+
 def available_memory(device):
     """Free bytes on the device (CUDA), or the memory Linux says is available (CPU); None if unknown."""
     if device.startswith("cuda"):
@@ -299,6 +313,8 @@ class Trainer:
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
         self.device, self.device_type = device, device.split(":")[0]
+        if self.device_type == "cpu" and sys.platform == "linux":
+            keep_freed_memory()
         ckpt = None
         if cfg.init_from == "resume":
             ckpt, cfg = load_resume(cfg, overrides or {}, device)
