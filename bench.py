@@ -2,8 +2,11 @@
 Measured speed: one subcommand per thing measured, each with its own options (--help lists them).
 Every subcommand prints a readable line to stderr and one JSON line to stdout.
 
+    python bench.py train config/tinystories_124m.py --batch_size=16   # training step: tokens/s, MFU, memory
     python bench.py sample                    # generation: KV cache vs full recomputation, GPT-2 124M shape
+    python bench.py prepare --megabytes=100   # tokenization: 1 vs 2 workers vs a plain tiktoken loop; peak RSS
     python bench.py sample --n_layer=4 --prompt_tokens=64 --new_tokens=32 --repeats=5   # a quick look
+    python bench.py recipes --recipe=char     # each modern switch over 3 seeds: docs/recipes.md
 
 Timings exclude a short warm-up run and report the median of the timed runs.
 """
@@ -12,7 +15,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -89,7 +92,270 @@ def bench_sample(cfg):
     return result
 
 
-COMMANDS = {"sample": (SampleBench, bench_sample)}  # train and prepare are to come
+# ---------------------------------------------------------------------------------------------
+# train: the real training step, on random tokens
+
+@dataclass
+class TrainBench:
+    """Training speed of a config (any train.py keys may follow): tokens/s, MFU against the device's
+    bf16 peak, peak memory, and compile time apart from the steady state. Runs train.py's own loop
+    on random tokens, so what is timed is exactly what training does."""
+    steps: int = 20  # timed steps (after the warm-up ones); the median step is reported
+    warmup_steps: int = 3  # untimed steps first (the first one includes torch.compile)
+    vocab_size: int = 50257  # vocabulary of the random tokens
+    tokens: int = 2_000_000  # random tokens to train on (the data loader needs some)
+
+
+def bench_train(cfg, train_args):
+    import os
+    import resource
+    import tempfile
+    import numpy as np
+    import train as train_module
+    from configurator import parse_overrides
+    from metrics import read_events
+    from shards import write_meta, write_shard
+    overrides = parse_overrides(train_module.TrainConfig, train_args, prog="bench.py train")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "random")
+        os.makedirs(data)
+        rng = np.random.default_rng(0)
+        for split in ("train", "val"):
+            write_shard(os.path.join(data, f"{split}_000000.bin"), rng.integers(cfg.vocab_size, size=cfg.tokens), cfg.vocab_size)
+        write_meta(data, {"tokenizer": {"kind": "random", "vocab_size": cfg.vocab_size, "eot_id": cfg.vocab_size - 1},
+                          "counts": {"train": {"tokens": cfg.tokens}, "val": {"tokens": cfg.tokens}}})
+        steps = cfg.warmup_steps + cfg.steps
+        overrides.update(dataset=data, out_dir=os.path.join(tmp, "out"), max_iters=steps, eval_interval=10**9,
+                         eval_iters=1, log_interval=1, plot=False, sample_tokens=0, wandb_log=False,
+                         lr_decay_iters=max(steps, overrides.get("lr_decay_iters", 0)))
+        trainer = train_module.Trainer(train_module.TrainConfig(**overrides), overrides)
+        if trainer.device_type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+        trainer.run()
+        events = [e for e in read_events(os.path.join(tmp, "out", "metrics.jsonl")) if "loss" in e]
+    times = [b["time"] - a["time"] for a, b in zip(events, events[1:])]  # per-step seconds (no evals between)
+    first = events[0]["time"]  # the first step, with compilation
+    step = statistics.median(times[cfg.warmup_steps - 1:])
+    tok_s = trainer.tokens_per_iter / step
+    from model import estimate_mfu
+    result = {"bench": "train", **asdict(cfg), "config": overrides, "device": trainer.device, "dtype": trainer.dtype,
+              "compile": trainer.use_compile, "torch": torch.__version__, "params": trainer.raw_model.get_num_params(),
+              "tokens_per_step": trainer.tokens_per_iter, "step_seconds": step, "tokens_per_sec": tok_s,
+              "mfu": estimate_mfu(trainer.flops_per_token, tok_s, trainer.device),
+              "first_step_seconds": first, "compile_seconds": max(0.0, first - step),
+              "peak_memory_bytes": (torch.cuda.max_memory_allocated(trainer.device) if trainer.device_type == "cuda"
+                                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
+              "memory_kind": "cuda max allocated" if trainer.device_type == "cuda" else "process peak RSS"}
+    mfu = f", MFU {result['mfu'] * 100:.1f}%" if result["mfu"] is not None else ""
+    print(f"train {result['params'] / 1e6:.1f}M params, {trainer.tokens_per_iter:,} tokens/step, {trainer.device} "
+          f"{trainer.dtype}{' compiled' if trainer.use_compile else ''}: {tok_s:,.0f} tokens/s (median step "
+          f"{step * 1000:.1f} ms){mfu}, first step {first:.1f} s, peak memory "
+          f"{result['peak_memory_bytes'] / 2**30:.2f} GiB ({result['memory_kind']})", file=sys.stderr)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare: tokenization throughput and memory
+
+@dataclass
+class PrepareBench:
+    """Tokenization speed with 1 and N worker processes against a plain single-process
+    tiktoken.encode_ordinary_batch loop over the same documents, and the peak memory of a whole prepare."""
+    input: str = "../shared/data/tinyshakespeare.txt"  # the text; repeated until it is `megabytes` long
+    megabytes: float = 100.0  # size of the corpus to tokenize
+    doc_chars: int = 2000  # the corpus is cut into documents of about this many characters
+    workers: list[int] = field(default_factory=lambda: [1, 2])  # prepare.py's --num_proc values to time
+    baseline: bool = True  # also time the plain tiktoken loop
+    memory: bool = True  # also run a whole prepare.py in a subprocess and report its peak RSS
+    work_dir: str = "/tmp/nanogpt-bench-prepare"  # where the corpus and the prepared data go (deleted after)
+
+
+def bench_prepare(cfg):
+    import os
+    import shutil
+    import subprocess
+    from prepare import PrepareConfig, prepare
+    from sources import SourceConfig
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    try:
+        text = open(cfg.input, encoding="utf-8").read()
+        corpus = os.path.join(cfg.work_dir, "corpus.jsonl")
+        target, written = int(cfg.megabytes * 2**20), 0
+        with open(corpus, "w", encoding="utf-8") as f:  # one JSON document per line, about doc_chars each
+            while written < target:
+                for i in range(0, len(text), cfg.doc_chars):
+                    line = json.dumps({"text": text[i:i + cfg.doc_chars]}) + "\n"
+                    f.write(line)
+                    written += len(line.encode())
+                    if written >= target:
+                        break
+        result = {"bench": "prepare", **asdict(cfg), "corpus_bytes": written, "cpus": os.cpu_count(),
+                  "torch": torch.__version__}
+        docs = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
+        if cfg.baseline:
+            import tiktoken
+            enc = tiktoken.get_encoding("r50k_base")
+            t = time.perf_counter()
+            n = sum(len(ids) + 1 for i in range(0, len(docs), 1024) for ids in enc.encode_ordinary_batch(docs[i:i + 1024]))
+            result["tiktoken_batch_loop"] = {"seconds": time.perf_counter() - t, "tokens": n}
+            result["tiktoken_batch_loop"]["tokens_per_sec"] = n / result["tiktoken_batch_loop"]["seconds"]
+        del docs
+        for w in cfg.workers:
+            name = f"w{w}"
+            t = time.perf_counter()
+            meta = prepare(PrepareConfig(data_root=cfg.work_dir, name=name, num_proc=w, val_fraction=0.0, overwrite=True),
+                           [SourceConfig(input=[corpus])])
+            seconds = time.perf_counter() - t
+            n = meta["counts"]["train"]["tokens"]
+            result[name] = {"seconds": seconds, "tokens": n, "tokens_per_sec": n / seconds}
+            shutil.rmtree(os.path.join(cfg.work_dir, name))
+        if cfg.memory:  # a whole prepare.py, measured from outside: the main process and its largest worker
+            cmd = [sys.executable, "prepare.py", "--input", corpus, "--data_root", cfg.work_dir, "--name", "mem",
+                   "--overwrite", "--val_fraction", "0"]
+            r = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+            if r.returncode == 0:
+                result["peak_rss_bytes"] = int(r.stderr.strip().splitlines()[-1]) * 1024
+    finally:
+        shutil.rmtree(cfg.work_dir, ignore_errors=True)
+    parts = [f"{k}: {result[k]['tokens_per_sec']:,.0f} tok/s" for k in ["tiktoken_batch_loop"] + [f"w{w}" for w in cfg.workers]
+             if k in result]
+    scale = (f", {result['w2']['tokens_per_sec'] / result['w1']['tokens_per_sec']:.2f}x with 2 workers"
+             if "w1" in result and "w2" in result else "")
+    rss = f", peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in result else ""
+    print(f"prepare {written / 2**20:.0f} MiB: {', '.join(parts)}{scale}{rss}", file=sys.stderr)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes: what each modern switch buys, in val loss at equal steps and at equal wall time
+
+CPU_RECIPE = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=50", "--block_size=64",
+              "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0", "--plot=False",
+              "--sample_tokens=0"]  # nanoGPT's CPU recipe (README), less the per-step printing
+RECIPES = {  # name: (dataset, steps)
+    "char": ("shakespeare_char", 2000),  # the recipe itself: python prepare.py --input ... --tokenizer char
+    "bpe": ("shakespeare", 400),  # the same model on GPT-2 tokens: python prepare.py --input ... --name shakespeare
+}
+VARIANTS = {
+    "classic": [],
+    "rope": ["--rope=True"],
+    "rmsnorm": ["--norm=rmsnorm"],
+    "qk_norm": ["--qk_norm=True"],
+    "relu2": ["--mlp=relu2"],
+    "swiglu": ["--mlp=swiglu"],
+    "untied": ["--tie_embeddings=False"],
+    "zero_init": ["--zero_init=True"],
+    "softcap": ["--logit_softcap=15.0"],
+    "muon": ["--optimizer=muon"],
+}
+
+
+@dataclass
+class RecipesBench:
+    """Train each variant of a recipe over seeds; report val loss at equal steps and at equal wall time."""
+    recipe: str = "char"  # char: nanoGPT's CPU recipe on shakespeare_char; bpe: the same model on GPT-2 tokens
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))  # names in bench.VARIANTS, or custom:"--key=v ..."
+    seeds: list[int] = field(default_factory=lambda: [1337, 1, 2])  # one run per seed and variant
+    max_iters: int = 0  # steps per run (0: the recipe's)
+    eval_interval: int = 100  # steps between evals: the resolution of the curves
+    target: float = 1.88  # report when each run first reaches this val loss
+    equal_time: float = 0.0  # seconds of training at which to compare (0: half the classic runs' mean time)
+    config: str = "config/shakespeare_char.py"  # the config file the recipe starts from
+    out_root: str = "out/recipes"  # runs go to out_root/<recipe>/<variant>/<seed>; results.jsonl beside them
+    data_root: str = "data"  # where the prepared datasets are
+    rerun: bool = False  # run again what results.jsonl already has
+
+
+def variant_args(name):
+    return VARIANTS[name] if name in VARIANTS else name.split()
+
+
+def curve_at(evals, key, x, target_key="val_loss"):
+    """Linear interpolation of val loss at x (a step or a time) along the evals; None outside them."""
+    for a, b in zip(evals, evals[1:]):
+        if a[key] <= x <= b[key]:
+            f = (x - a[key]) / ((b[key] - a[key]) or 1)
+            return a[target_key] + f * (b[target_key] - a[target_key])
+    return None
+
+
+def first_reach(evals, target):
+    """(step, seconds) at which the val loss first reaches target, interpolated between evals."""
+    for a, b in zip(evals, evals[1:]):
+        if b["val_loss"] <= target < a["val_loss"]:
+            f = (a["val_loss"] - target) / (a["val_loss"] - b["val_loss"])
+            return a["iter"] + f * (b["iter"] - a["iter"]), a["time"] + f * (b["time"] - a["time"])
+    return None
+
+
+def bench_recipes(cfg):
+    import os
+    import subprocess
+    from metrics import read_events
+    if cfg.recipe not in RECIPES:
+        raise UserError(f"recipe={cfg.recipe!r}: expected one of {list(RECIPES)}")
+    dataset, steps = RECIPES[cfg.recipe]
+    steps = cfg.max_iters or steps
+    root = os.path.join(cfg.out_root, cfg.recipe)
+    os.makedirs(root, exist_ok=True)
+    results_path = os.path.join(root, "results.jsonl")
+    done = {(r["variant"], r["seed"]) for r in read_events(results_path)} if not cfg.rerun else set()
+    for variant in cfg.variants:
+        for seed in cfg.seeds:
+            if (variant, seed) in done:
+                continue
+            out = os.path.join(root, variant.replace(" ", "").replace("--", "_").replace("=", "-"), str(seed))
+            subprocess.run(["rm", "-rf", out])
+            cmd = [sys.executable, "train.py", cfg.config, *CPU_RECIPE, f"--dataset={dataset}",
+                   f"--data_root={cfg.data_root}", f"--max_iters={steps}", f"--lr_decay_iters={steps}",
+                   f"--eval_interval={cfg.eval_interval}", f"--seed={seed}", f"--out_dir={out}", *variant_args(variant)]
+            t0 = time.time()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise UserError(f"{variant} seed {seed} failed: {r.stderr.strip().splitlines()[-1]}")
+            evals = [e for e in read_events(os.path.join(out, "metrics.jsonl")) if "val_loss" in e]
+            row = {"recipe": cfg.recipe, "variant": variant, "seed": seed, "steps": steps, "wall": time.time() - t0,
+                   "train_time": evals[-1]["time"], "final_val": evals[-1]["val_loss"], "evals": evals,
+                   "command": " ".join(cmd[1:])}
+            with open(results_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{variant} seed {seed}: val {row['final_val']:.4f} after {steps} steps, {row['wall']:.1f} s",
+                  file=sys.stderr)
+    return summarize_recipes(read_events(results_path), cfg)
+
+
+def summarize_recipes(rows, cfg):
+    """Mean and spread over seeds per variant: final val, val at equal wall time, time to the target."""
+    by = {}
+    for r in rows:
+        if r["variant"] in cfg.variants and r["seed"] in cfg.seeds:
+            by.setdefault(r["variant"], []).append(r)
+    classic = by.get("classic", [])
+    t_eq = cfg.equal_time or (statistics.mean(r["train_time"] for r in classic) / 2 if classic else 0)
+
+    def stats(xs):
+        xs = [x for x in xs if x is not None]
+        return (statistics.mean(xs), statistics.pstdev(xs), len(xs)) if xs else (None, None, 0)
+    table = []
+    for variant, runs in by.items():
+        reach = [first_reach(r["evals"], cfg.target) for r in runs]
+        table.append({"variant": variant, "runs": len(runs),
+                      "final_val": stats([r["final_val"] for r in runs]),
+                      "val_at_equal_time": stats([curve_at(r["evals"], "time", t_eq) for r in runs]),
+                      "train_seconds": stats([r["train_time"] for r in runs]),
+                      "seconds_to_target": stats([x[1] if x else None for x in reach])})
+    lines = [f"equal wall time: {t_eq:.1f} s of training; target {cfg.target}",
+             f"{'variant':<44} {'val @ steps':>16} {'val @ time':>16} {'train s':>9} {'s to target':>14}"]
+    for row in table:
+        f = lambda key, p=3: "-" if row[key][0] is None else f"{row[key][0]:.{p}f}±{row[key][1]:.{p}f}"
+        lines.append(f"{row['variant'][:44]:<44} {f('final_val'):>16} {f('val_at_equal_time'):>16} "
+                     f"{row['train_seconds'][0]:>9.1f} {f('seconds_to_target', 1) + ' (' + str(row['seconds_to_target'][2]) + ')':>14}")
+    print("\n".join(lines), file=sys.stderr)
+    return {"bench": "recipes", "recipe": cfg.recipe, "equal_time": t_eq, "target": cfg.target, "table": table}
+
+
+COMMANDS = {"train": (TrainBench, bench_train), "sample": (SampleBench, bench_sample),
+            "prepare": (PrepareBench, bench_prepare), "recipes": (RecipesBench, bench_recipes)}
 
 
 def main(argv=None):
@@ -102,6 +368,18 @@ def main(argv=None):
     if not argv or argv[0] not in COMMANDS:
         raise UserError(f"{'unknown command ' + repr(argv[0]) if argv else 'no command'}; {usage}")
     cls, fn = COMMANDS[argv[0]]
+    if argv[0] == "train":  # its own keys, and train.py's (a config file and --key=value) for the rest
+        own, mine, theirs = {f"--{f.name}" for f in fields(cls)}, [], []
+        args = iter(argv[1:])
+        for a in args:
+            if a.split("=")[0] in own:
+                mine.append(a)
+                if "=" not in a:
+                    mine.append(next(args, ""))  # --steps 5
+            else:
+                theirs.append(a)
+        print(json.dumps(fn(parse_args(cls, mine, prog="bench.py train"), theirs)))
+        return
     print(json.dumps(fn(parse_args(cls, argv[1:], prog=f"bench.py {argv[0]}"))))
 
 

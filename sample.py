@@ -73,7 +73,7 @@ def load_model(out_dir, device):
             raise UserError(f"{path}: the weights do not match the model config saved with them: {problem}")
         model.load_state_dict(ckpt["model"])
         tokenizer = from_meta(ckpt["tokenizer"])
-    except (KeyError, TypeError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise UserError(f"{path} is not a checkpoint of this code, or is damaged: "
                         f"{type(e).__name__}: {str(e).splitlines()[0][:150]}") from None
     model.to(device).eval()

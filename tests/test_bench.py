@@ -1,0 +1,40 @@
+"""bench.py's subcommands run and report what they promise (the figures themselves go to
+docs/benchmarks.md; no timing is asserted here)."""
+
+import json
+
+import pytest
+
+import bench
+from conftest import SHAKESPEARE
+
+
+def run_bench(argv, capsys):
+    bench.main(argv)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_train_bench_reports_speed_memory_and_compile_time(capsys):
+    r = run_bench(["train", "--steps=3", "--warmup_steps=1", "--vocab_size=100", "--tokens=5000", "--device=cpu",
+                   "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4",
+                   "--gradient_accumulation_steps=1", "--compile=False", "--dtype=float32"], capsys)
+    assert r["tokens_per_step"] == 64 and r["tokens_per_sec"] > 0 and r["mfu"] is None  # no MFU on a CPU
+    assert r["peak_memory_bytes"] > 0 and r["compile_seconds"] >= 0 and r["config"]["n_embd"] == 32
+
+
+def test_prepare_bench_compares_workers_and_a_plain_tiktoken_loop(capsys, tmp_path):
+    r = run_bench(["prepare", f"--input={SHAKESPEARE}", "--megabytes=0.3", "--memory=False",
+                   f"--work_dir={tmp_path / 'w'}"], capsys)
+    assert r["w1"]["tokens"] == r["w2"]["tokens"] > 50000
+    assert r["tiktoken_batch_loop"]["tokens"] == r["w1"]["tokens"]  # the same documents, the same tokens
+    assert not (tmp_path / "w").exists()
+
+
+def test_recipe_curves_interpolate():
+    evals = [{"iter": 0, "time": 0.0, "val_loss": 4.0}, {"iter": 100, "time": 10.0, "val_loss": 2.0},
+             {"iter": 200, "time": 20.0, "val_loss": 1.5}]
+    assert bench.curve_at(evals, "time", 15.0) == pytest.approx(1.75)
+    assert bench.curve_at(evals, "iter", 50) == pytest.approx(3.0)
+    assert bench.curve_at(evals, "time", 25.0) is None
+    assert bench.first_reach(evals, 1.88) == pytest.approx((124.0, 12.4))
+    assert bench.first_reach(evals, 1.0) is None
