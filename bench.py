@@ -232,9 +232,9 @@ def bench_prepare(cfg):
 CPU_RECIPE = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=50", "--block_size=64",
               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0", "--plot=False",
               "--sample_tokens=0"]  # nanoGPT's CPU recipe (README), less the per-step printing
-RECIPES = {  # name: (dataset, steps)
-    "char": ("shakespeare_char", 2000),  # the recipe itself: python prepare.py --input ... --tokenizer char
-    "bpe": ("shakespeare", 400),  # the same model on GPT-2 tokens: python prepare.py --input ... --name shakespeare
+RECIPES = {  # name: (dataset, steps, eval_interval)
+    "char": ("shakespeare_char", 2000, 100),  # the recipe itself: python prepare.py --input ... --tokenizer char
+    "bpe": ("shakespeare", 200, 25),  # the same model on GPT-2 tokens: python prepare.py --input ... --name shakespeare
 }
 VARIANTS = {
     "classic": [],
@@ -247,6 +247,7 @@ VARIANTS = {
     "zero_init": ["--zero_init=True"],
     "softcap": ["--logit_softcap=15.0"],
     "muon": ["--optimizer=muon"],
+    "modern": ["--rope=True", "--qk_norm=True", "--optimizer=muon"],  # config/shakespeare_char_modern.py's switches
 }
 
 
@@ -257,7 +258,7 @@ class RecipesBench:
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))  # names in bench.VARIANTS, or custom:"--key=v ..."
     seeds: list[int] = field(default_factory=lambda: [1337, 1, 2])  # one run per seed and variant
     max_iters: int = 0  # steps per run (0: the recipe's)
-    eval_interval: int = 100  # steps between evals: the resolution of the curves
+    eval_interval: int = 0  # steps between evals, the resolution of the curves (0: the recipe's)
     target: float = 1.88  # report when each run first reaches this val loss
     equal_time: float = 0.0  # seconds of training at which to compare (0: half the classic runs' mean time)
     config: str = "config/shakespeare_char.py"  # the config file the recipe starts from
@@ -294,8 +295,8 @@ def bench_recipes(cfg):
     from metrics import read_events
     if cfg.recipe not in RECIPES:
         raise UserError(f"recipe={cfg.recipe!r}: expected one of {list(RECIPES)}")
-    dataset, steps = RECIPES[cfg.recipe]
-    steps = cfg.max_iters or steps
+    dataset, steps, eval_interval = RECIPES[cfg.recipe]
+    steps, eval_interval = cfg.max_iters or steps, cfg.eval_interval or eval_interval
     root = os.path.join(cfg.out_root, cfg.recipe)
     os.makedirs(root, exist_ok=True)
     results_path = os.path.join(root, "results.jsonl")
@@ -308,7 +309,7 @@ def bench_recipes(cfg):
             subprocess.run(["rm", "-rf", out])
             cmd = [sys.executable, "train.py", cfg.config, *CPU_RECIPE, f"--dataset={dataset}",
                    f"--data_root={cfg.data_root}", f"--max_iters={steps}", f"--lr_decay_iters={steps}",
-                   f"--eval_interval={cfg.eval_interval}", f"--seed={seed}", f"--out_dir={out}", *variant_args(variant)]
+                   f"--eval_interval={eval_interval}", f"--seed={seed}", f"--out_dir={out}", *variant_args(variant)]
             t0 = time.time()
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:

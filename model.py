@@ -47,7 +47,7 @@ class GPTConfig:
 
 def norm_layer(config):
     # RMSNorm (Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467): skip LayerNorm's mean and bias;
-    # as good, and a little cheaper
+    # as good, and cheaper where it has a fused kernel (GPUs; on CPU, torch 2.13's is 2.5x slower than LayerNorm)
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.n_embd, eps=1e-6)
     return nn.LayerNorm(config.n_embd, bias=config.bias)

@@ -1,9 +1,11 @@
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import pytest
 
 from configurator import UserError, parse_args, parse_overrides
+from conftest import ROOT
 
 
 @dataclass
@@ -90,3 +92,20 @@ def test_train_help_documents_every_key():
     for cls in (TrainConfig, SampleConfig, PrepareConfig, EvalConfig, ExportConfig, SampleBench):
         helps = field_help(cls)
         assert all(helps.get(f.name) for f in fields(cls)), [f.name for f in fields(cls) if not helps.get(f.name)]
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "config"))))
+def test_shipped_configs_parse(name):
+    from train import TrainConfig
+    cfg = parse_args(TrainConfig, [os.path.join(ROOT, "config", name)])
+    assert cfg.learning_rate > cfg.min_lr > 0 and cfg.max_iters >= cfg.lr_decay_iters
+
+
+def test_modern_config_is_the_base_recipe_plus_its_switches():
+    from train import TrainConfig
+    base = parse_args(TrainConfig, [os.path.join(ROOT, "config", "shakespeare_char.py"), "--n_embd=128"])
+    modern = parse_args(TrainConfig, [os.path.join(ROOT, "config", "shakespeare_char_modern.py"), "--n_embd=128"])
+    assert (modern.rope, modern.qk_norm, modern.optimizer) == (True, True, "muon")
+    assert (base.rope, base.qk_norm, base.optimizer) == (False, False, "adamw")
+    same = ("dataset", "n_layer", "n_head", "block_size", "batch_size", "dropout", "learning_rate", "min_lr", "max_iters")
+    assert all(getattr(modern, k) == getattr(base, k) for k in same) and modern.learning_rate == pytest.approx(3e-3)
