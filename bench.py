@@ -166,8 +166,23 @@ class PrepareBench:
     doc_chars: int = 2000  # the corpus is cut into documents of about this many characters
     workers: list[int] = field(default_factory=lambda: [1, 2])  # prepare.py's --num_proc values to time
     baseline: bool = True  # also time the plain tiktoken loop
-    memory: bool = True  # also run a whole prepare.py in a subprocess and report its peak RSS
+    memory: bool = True  # also run a whole prepare.py in a subprocess: peak RSS of all its processes, summed (sampled every 50 ms)
     work_dir: str = "/tmp/nanogpt-bench-prepare"  # where the corpus and the prepared data go (deleted after)
+
+
+def tree_rss(pid):
+    """Resident bytes of a process and all its descendants, from /proc (Linux); 0 once it is gone."""
+    import glob
+    total = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            total += next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+        for path in glob.glob(f"/proc/{pid}/task/*/children"):
+            with open(path) as f:
+                total += sum(tree_rss(int(child)) for child in f.read().split())
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
 
 
 def bench_prepare(cfg):
@@ -191,15 +206,15 @@ def bench_prepare(cfg):
                         break
         result = {"bench": "prepare", **asdict(cfg), "corpus_bytes": written, "cpus": os.cpu_count(),
                   "torch": torch.__version__}
-        docs = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
         if cfg.baseline:
             import tiktoken
+            docs = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
             enc = tiktoken.get_encoding("r50k_base")
             t = time.perf_counter()
             n = sum(len(ids) + 1 for i in range(0, len(docs), 1024) for ids in enc.encode_ordinary_batch(docs[i:i + 1024]))
             result["tiktoken_batch_loop"] = {"seconds": time.perf_counter() - t, "tokens": n}
             result["tiktoken_batch_loop"]["tokens_per_sec"] = n / result["tiktoken_batch_loop"]["seconds"]
-        del docs
+            del docs
         for w in cfg.workers:
             name = f"w{w}"
             t = time.perf_counter()
@@ -209,19 +224,23 @@ def bench_prepare(cfg):
             n = meta["counts"]["train"]["tokens"]
             result[name] = {"seconds": seconds, "tokens": n, "tokens_per_sec": n / seconds}
             shutil.rmtree(os.path.join(cfg.work_dir, name))
-        if cfg.memory:  # a whole prepare.py, measured from outside: the main process and its largest worker
+        if cfg.memory:  # a whole prepare.py, measured from outside: its processes' resident memory, summed
             cmd = [sys.executable, "prepare.py", "--input", corpus, "--data_root", cfg.work_dir, "--name", "mem",
                    "--overwrite", "--val_fraction", "0"]
-            r = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
-            if r.returncode == 0:
-                result["peak_rss_bytes"] = int(r.stderr.strip().splitlines()[-1]) * 1024
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            peak = 0
+            while proc.poll() is None:
+                peak = max(peak, tree_rss(proc.pid))
+                time.sleep(0.05)
+            if proc.returncode == 0:
+                result["peak_rss_bytes"] = peak
     finally:
         shutil.rmtree(cfg.work_dir, ignore_errors=True)
     parts = [f"{k}: {result[k]['tokens_per_sec']:,.0f} tok/s" for k in ["tiktoken_batch_loop"] + [f"w{w}" for w in cfg.workers]
              if k in result]
     scale = (f", {result['w2']['tokens_per_sec'] / result['w1']['tokens_per_sec']:.2f}x with 2 workers"
              if "w1" in result and "w2" in result else "")
-    rss = f", peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in result else ""
+    rss = f", peak RSS (all processes) {result['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in result else ""
     print(f"prepare {written / 2**20:.0f} MiB: {', '.join(parts)}{scale}{rss}", file=sys.stderr)
     return result
 
@@ -234,7 +253,7 @@ CPU_RECIPE = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_inter
               "--sample_tokens=0"]  # nanoGPT's CPU recipe (README), less the per-step printing
 RECIPES = {  # name: (dataset, steps, eval_interval)
     "char": ("shakespeare_char", 2000, 100),  # the recipe itself: python prepare.py --input ... --tokenizer char
-    "bpe": ("shakespeare", 200, 25),  # the same model on GPT-2 tokens: python prepare.py --input ... --name shakespeare
+    "bpe": ("shakespeare", 200, 50),  # the same model on GPT-2 tokens: python prepare.py --input ... --name shakespeare
 }
 VARIANTS = {
     "classic": [],

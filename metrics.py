@@ -7,6 +7,7 @@ would rather look at a curve than read numbers.
 import html
 import json
 import os
+import sys
 
 from configurator import UserError
 
@@ -51,7 +52,14 @@ class Metrics:
             self.wandb.log({"sample": wandb.Html(f"<pre>{html.escape(text)}</pre>")}, step=it)
 
     def plot(self):
-        plot_losses(read_events(self.path), self.png)
+        if self.png is None:
+            return
+        try:
+            plot_losses(read_events(self.path), self.png)
+        except ImportError:
+            print("warning: matplotlib is not installed, so there is no loss.png (pip install matplotlib)",
+                  file=sys.stderr)
+            self.png = None
 
     def close(self):
         self.f.close()

@@ -680,7 +680,7 @@ class Trainer:
         cfg = self.cfg
         self.fetch()
         self.t0 = t_log = time.time()
-        losses, stopped = [], 0
+        losses, stopped, eval_seconds = [], 0, 0.0
         while True:
             at_end = self.iter_num >= cfg.max_iters or cfg.eval_only
             fresh_start = self.iter_num == 0 and cfg.init_from != "resume"
@@ -688,6 +688,7 @@ class Trainer:
                 t_eval = time.time()
                 self.eval_and_checkpoint(at_end)
                 t_log += time.time() - t_eval  # evals are not training time: keep them out of tokens/s
+                eval_seconds += time.time() - t_eval
             if at_end:
                 break
             loss, grad_norm, lr, reason = self.step()
@@ -707,10 +708,12 @@ class Trainer:
                           f"continue with --init_from=resume --out_dir={cfg.out_dir}")
                 break
         if self.master and not stopped:
-            print(f"done: {self.iter_num} steps in {fmt_time(time.time() - self.t0)}, best val loss "
-                  f"{self.best_val_loss:.4f}; checkpoints in {cfg.out_dir}")
+            total = time.time() - self.t0
+            print(f"done: {self.iter_num} steps in {fmt_time(total)} (evals and checkpoints {eval_seconds:.1f} s, "
+                  f"{eval_seconds / max(total, 1e-9):.0%}), best val loss {self.best_val_loss:.4f}; "
+                  f"checkpoints in {cfg.out_dir}")
         return {"iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "out_dir": cfg.out_dir,
-                "stopped_by": stopped}
+                "stopped_by": stopped, "eval_seconds": eval_seconds}
 
     def log_step(self, losses, grad_norm, lr, t_log):
         now = time.time()
