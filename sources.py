@@ -104,12 +104,14 @@ class Source:
     def _local_documents(self):
         column = self.spec.text_column
         for path in self.files:
-            text, bad = decode_utf8(open(path, "rb").read())
-            self.bad_utf8[path] = bad
-            if not path.endswith(".jsonl"):
+            if not path.endswith(".jsonl"):  # one document, so it is read whole
+                text, self.bad_utf8[path] = decode_utf8(open(path, "rb").read())
                 yield text
                 continue
-            for n, line in enumerate(text.splitlines(), 1):
+            self.bad_utf8[path] = 0
+            for n, raw in enumerate(open(path, "rb"), 1):  # line by line: memory does not grow with the file
+                line, bad = decode_utf8(raw)
+                self.bad_utf8[path] += bad
                 if not line.strip():
                     continue
                 try:
