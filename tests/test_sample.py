@@ -153,5 +153,5 @@ def test_bench_sample_prints_json(capsys):
     result = json.loads(captured.out)
     assert len(result["cache"]["runs"]) == 2 and len(result["recompute"]["runs"]) == 1 and result["speedup"] > 0
     assert "KV cache" in captured.err and "x faster" in captured.err
-    with pytest.raises(UserError, match="unknown command 'train'"):
-        main(["train"])
+    with pytest.raises(UserError, match="unknown command 'trian'"):
+        main(["trian"])
