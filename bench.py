@@ -165,6 +165,7 @@ class PrepareBench:
     megabytes: float = 100.0  # size of the corpus to tokenize
     doc_chars: int = 2000  # the corpus is cut into documents of about this many characters
     workers: list[int] = field(default_factory=lambda: [1, 2])  # prepare.py's --num_proc values to time
+    repeats: int = 3  # timed runs of each (interleaved); the median is reported
     baseline: bool = True  # also time the plain tiktoken loop
     memory: bool = True  # also run a whole prepare.py in a subprocess: peak RSS of all its processes, summed (sampled every 50 ms)
     work_dir: str = "/tmp/nanogpt-bench-prepare"  # where the corpus and the prepared data go (deleted after)
@@ -206,24 +207,33 @@ def bench_prepare(cfg):
                         break
         result = {"bench": "prepare", **asdict(cfg), "corpus_bytes": written, "cpus": os.cpu_count(),
                   "torch": torch.__version__}
-        if cfg.baseline:
+
+        def tiktoken_loop():  # the documents already in memory: what is timed is tokenization alone
             import tiktoken
             docs = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
             enc = tiktoken.get_encoding("r50k_base")
             t = time.perf_counter()
             n = sum(len(ids) + 1 for i in range(0, len(docs), 1024) for ids in enc.encode_ordinary_batch(docs[i:i + 1024]))
-            result["tiktoken_batch_loop"] = {"seconds": time.perf_counter() - t, "tokens": n}
-            result["tiktoken_batch_loop"]["tokens_per_sec"] = n / result["tiktoken_batch_loop"]["seconds"]
-            del docs
-        for w in cfg.workers:
-            name = f"w{w}"
+            return time.perf_counter() - t, n
+
+        def prepare_with(w):
             t = time.perf_counter()
-            meta = prepare(PrepareConfig(data_root=cfg.work_dir, name=name, num_proc=w, val_fraction=0.0, overwrite=True),
-                           [SourceConfig(input=[corpus])])
+            meta = prepare(PrepareConfig(data_root=cfg.work_dir, name=f"w{w}", num_proc=w, val_fraction=0.0,
+                                         overwrite=True), [SourceConfig(input=[corpus])])
             seconds = time.perf_counter() - t
-            n = meta["counts"]["train"]["tokens"]
-            result[name] = {"seconds": seconds, "tokens": n, "tokens_per_sec": n / seconds}
-            shutil.rmtree(os.path.join(cfg.work_dir, name))
+            shutil.rmtree(os.path.join(cfg.work_dir, f"w{w}"))
+            return seconds, meta["counts"]["train"]["tokens"]
+
+        runs = {**({"tiktoken_batch_loop": tiktoken_loop} if cfg.baseline else {}),
+                **{f"w{w}": (lambda w=w: prepare_with(w)) for w in cfg.workers}}
+        times, tokens = {name: [] for name in runs}, {}
+        for _ in range(cfg.repeats):  # interleaved, so that a slow spell of the machine hits all of them
+            for name, fn in runs.items():
+                seconds, tokens[name] = fn()
+                times[name].append(seconds)
+        for name, ts in times.items():
+            seconds = statistics.median(ts)
+            result[name] = {"seconds": seconds, "runs": ts, "tokens": tokens[name], "tokens_per_sec": tokens[name] / seconds}
         if cfg.memory:  # a whole prepare.py, measured from outside: its processes' resident memory, summed
             cmd = [sys.executable, "prepare.py", "--input", corpus, "--data_root", cfg.work_dir, "--name", "mem",
                    "--overwrite", "--val_fraction", "0"]

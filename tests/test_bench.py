@@ -23,7 +23,7 @@ def test_train_bench_reports_speed_memory_and_compile_time(capsys):
 
 
 def test_prepare_bench_compares_workers_and_a_plain_tiktoken_loop(capsys, tmp_path):
-    r = run_bench(["prepare", f"--input={SHAKESPEARE}", "--megabytes=0.3", f"--work_dir={tmp_path / 'w'}"], capsys)
+    r = run_bench(["prepare", f"--input={SHAKESPEARE}", "--megabytes=0.3", "--repeats=1", f"--work_dir={tmp_path / 'w'}"], capsys)
     assert r["w1"]["tokens"] == r["w2"]["tokens"] > 50000
     assert 50 * 2**20 < r["peak_rss_bytes"] < 4 * 2**30  # a whole prepare.py: at least Python and numpy
     assert r["tiktoken_batch_loop"]["tokens"] == r["w1"]["tokens"]  # the same documents, the same tokens
