@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from configurator import UserError, parse_args, run
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, estimate_mfu
 from sample import inference_device
 
 
@@ -137,7 +137,6 @@ def bench_train(cfg, train_args):
     first = events[0]["time"]  # the first step, with compilation
     step = statistics.median(times[cfg.warmup_steps - 1:])
     tok_s = trainer.tokens_per_iter / step
-    from model import estimate_mfu
     result = {"bench": "train", **asdict(cfg), "config": overrides, "device": trainer.device, "dtype": trainer.dtype,
               "compile": trainer.use_compile, "torch": torch.__version__, "params": trainer.raw_model.get_num_params(),
               "tokens_per_step": trainer.tokens_per_iter, "step_seconds": step, "tokens_per_sec": tok_s,
@@ -320,6 +319,7 @@ def first_reach(evals, target):
 
 def bench_recipes(cfg):
     import os
+    import shutil
     import subprocess
     from metrics import read_events
     if cfg.recipe not in RECIPES:
@@ -335,7 +335,7 @@ def bench_recipes(cfg):
             if (variant, seed) in done:
                 continue
             out = os.path.join(root, variant.replace(" ", "").replace("--", "_").replace("=", "-"), str(seed))
-            subprocess.run(["rm", "-rf", out])
+            shutil.rmtree(out, ignore_errors=True)
             cmd = [sys.executable, "train.py", cfg.config, *CPU_RECIPE, f"--dataset={dataset}",
                    f"--data_root={cfg.data_root}", f"--max_iters={steps}", f"--lr_decay_iters={steps}",
                    f"--eval_interval={eval_interval}", f"--seed={seed}", f"--out_dir={out}", *variant_args(variant)]

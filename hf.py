@@ -238,7 +238,8 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
     kind = tokenizer_meta.get("kind")
     if kind not in ("gpt2", "char", "bpe"):
         raise UserError(f"cannot export tokenizer kind {kind!r}: export writes the gpt2, char and bpe tokenizers")
-    missing = unexportable(asdict(model.config))
+    model_args = asdict(model.config)
+    missing = unexportable(model_args)
     if missing:
         raise UserError(f"cannot export: Hugging Face's GPT-2 has no {', '.join(missing)}; this model needs "
                         f"this code (sample.py, eval.py) or a converter of your own")
@@ -247,14 +248,13 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
     if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not overwrite:
         raise UserError(f"{hf_dir} already exists and is not empty: pass --overwrite to replace an export there, "
                         f"or choose another --hf_dir (nothing was written)")
-    model_args = asdict(model.config)
     eot = tokenizer_meta["eot_id"]
+    special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
     files = {"config.json": hf_config(model_args, eot),
              SIDECAR: {"tokenizer": tokenizer_meta, "bias": model_args["bias"], "source": source},
              "README.md": export_readme(model_args, tokenizer_meta, source, model.get_num_params())}
     if kind == "gpt2":
         vocab, merges = gpt2_vocab_and_merges()
-        special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
         files.update({"vocab.json": vocab, "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
                       "special_tokens_map.json": special,
                       "tokenizer_config.json": {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
@@ -263,7 +263,6 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
         from tokenizer import BPETokenizer
         tok = BPETokenizer(tokenizer_meta["json"]).tok
         tok.add_special_tokens([EOT_TEXT])  # takes the next id: one past the trained vocabulary, like ours
-        special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
         files.update({"tokenizer.json": tok.to_str(), "special_tokens_map.json": special,
                       "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
                                                 "model_max_length": model_args["block_size"], **special}})

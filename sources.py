@@ -109,19 +109,20 @@ class Source:
                 yield text
                 continue
             self.bad_utf8[path] = 0
-            for n, raw in enumerate(open(path, "rb"), 1):  # line by line: memory does not grow with the file
-                line, bad = decode_utf8(raw)
-                self.bad_utf8[path] += bad
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict) or column not in record:
-                    keys = list(record) if isinstance(record, dict) else type(record).__name__
-                    raise UserError(f"{path}:{n}: no field '{column}' (found {keys}); choose one with --text_column")
-                yield str(record[column])
+            with open(path, "rb") as f:  # line by line: memory does not grow with the file
+                for n, raw in enumerate(f, 1):
+                    line, bad = decode_utf8(raw)
+                    self.bad_utf8[path] += bad
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                    if not isinstance(record, dict) or column not in record:
+                        keys = list(record) if isinstance(record, dict) else type(record).__name__
+                        raise UserError(f"{path}:{n}: no field '{column}' (found {keys}); choose one with --text_column")
+                    yield str(record[column])
 
     def _hub_documents(self):
         """{'train': documents, 'val': documents or None} from the Hub (or the local datasets cache)."""

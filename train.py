@@ -102,9 +102,10 @@ class TrainConfig:
     sample_tokens: int = 64  # length of the sample printed at every eval (0: no sample)
 
 
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "rope", "norm", "qk_norm", "mlp",
-              "tie_embeddings", "logit_softcap")
-SWITCHES = ("rope", "norm", "qk_norm", "mlp", "tie_embeddings", "zero_init", "logit_softcap")
+SWITCHES = ("rope", "norm", "qk_norm", "mlp", "tie_embeddings", "zero_init", "logit_softcap")  # GPTConfig's too
+# the keys that make the model what it is, which a resume cannot change (zero_init only sets the first weights)
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size") + tuple(
+    k for k in SWITCHES if k != "zero_init")
 
 
 def get_lr(it, cfg):
@@ -245,7 +246,7 @@ def fmt_time(s):
 def keep_freed_memory():
     """Have glibc keep freed memory for reuse instead of returning it to the OS. Big tensors (a step's
     logits: batch x context x vocab floats) are otherwise mmap'ed fresh every step and every page
-    faulted in again: on a CPU with GPT-2's vocabulary that was half the step time (docs/benchmarks.md)."""
+    faulted in again: on a CPU with GPT-2's vocabulary that cost a third of the step time (docs/benchmarks.md)."""
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")
@@ -687,8 +688,9 @@ class Trainer:
             if (self.iter_num % cfg.eval_interval == 0 and self.iter_num != self.start_iter) or at_end or fresh_start:
                 t_eval = time.time()
                 self.eval_and_checkpoint(at_end)
-                t_log += time.time() - t_eval  # evals are not training time: keep them out of tokens/s
-                eval_seconds += time.time() - t_eval
+                t_eval = time.time() - t_eval
+                t_log += t_eval  # evals are not training time: keep them out of tokens/s
+                eval_seconds += t_eval
             if at_end:
                 break
             loss, grad_norm, lr, reason = self.step()
