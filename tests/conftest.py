@@ -60,3 +60,39 @@ def read_metrics(out_dir):
     import json
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def run_main(main, argv, capsys):
+    """Run a script's main(argv) in-process exactly as its command line does (configurator.run):
+    returns (exit code, stdout, stderr). An exception that run() does not turn into a one-line
+    error escapes, as it would print a traceback."""
+    from configurator import run
+    code = 0
+    try:
+        run(lambda: main(argv))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(*dirs):
+    """{path: bytes} of every file under dirs: what a failed command must leave unchanged."""
+    files = {}
+    for d in dirs:
+        for root, _, names in os.walk(d):
+            for name in names:
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    files[path] = f.read()
+    return files
+
+
+def assert_one_line_error(code, err, *fragments):
+    """A user mistake: non-zero exit, one 'error:' line naming what was wrong, no traceback."""
+    assert code != 0, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
