@@ -27,8 +27,19 @@ class UserError(Exception):
     """A mistake by the user (bad flag, missing file): shown as one line, exit code 2."""
 
 
+def quiet_interrupts():
+    """Ctrl-C while the heavy imports load exits quietly. Each script calls this before importing
+    torch; run() then gives Ctrl-C back its usual meaning (KeyboardInterrupt)."""
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+
+
 def run(main):
-    """Call main() and turn user mistakes into a one-line error and a non-zero exit."""
+    """Call main() and turn user mistakes into a one-line error and a non-zero exit. So do faults of
+    the machine (a full disk, a folder that cannot be written): they are not bugs, and a traceback
+    would hide the one line that says what to do."""
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except UserError as e:
@@ -37,9 +48,24 @@ def run(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # the reader went away (python sample.py | head): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):  # the reader went away (python sample.py | head): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        print(f"error: {os_error(e)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def os_error(e):
+    """One line for a fault of the machine, with what to do about the common ones."""
+    import errno
+    what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    advice = {errno.ENOSPC: "free some space or write elsewhere; files already complete were left as they were",
+              errno.EDQUOT: "free some space or write elsewhere",
+              errno.EACCES: "check the folder's permissions, or choose another path",
+              errno.EROFS: "choose a path on a writable file system",
+              errno.EPERM: "check the permissions, or choose another path"}.get(e.errno)
+    return f"{what} ({advice})" if advice else what
 
 
 # ---------------------------------------------------------------------------
@@ -189,12 +215,32 @@ def load_config_file(path):
     if not os.path.isfile(path):
         raise UserError(f"config file '{path}' not found")
     namespace = {"__file__": path}
-    source = open(path, encoding="utf-8").read()
-    exec(compile(source, path, "exec"), namespace)
-    # keys are the names it assigns; imports and helper functions are not keys, but a lambda is:
-    # `min_lr = lambda c: c.learning_rate / 10` derives a key from the final config
-    return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, (types.ModuleType, type))
-            and not (isinstance(v, types.FunctionType) and v.__name__ != "<lambda>")}
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file '{path}' is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    try:
+        code = compile(source, path, "exec")
+    except SyntaxError as e:
+        raise UserError(f"config file '{path}' line {e.lineno}: {e.msg}") from None
+    try:
+        exec(code, namespace)
+    except Exception as e:
+        raise UserError(f"config file '{path}' failed{_where(e, path)}: {type(e).__name__}: {e}") from None
+    # keys are the names it assigns; imports and classes are not keys. A lambda derives a key from the
+    # final config (`min_lr = lambda c: c.learning_rate / 10`); a def is a helper, unless it has a key's name
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, (types.ModuleType, type))}
+
+
+def _where(e, path):
+    """' at line N' of path in e's traceback, if it got that far."""
+    tb, line = e.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == path:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" at line {line}" if line else ""
 
 
 def parse_args(cls, argv=None, prog=None, usage="[config.py ...] [--key=value | --key value ...]"):
@@ -224,6 +270,11 @@ def parse_overrides(cls, argv=None, prog=None, usage="[config.py ...] [--key=val
             if arg.startswith("-") and len(arg) > 1:
                 raise UserError(f"unknown option '{arg}': options are --key=value (see --help)")
             for key, value in load_config_file(arg).items():
+                if isinstance(value, types.FunctionType) and value.__name__ != "<lambda>":
+                    if key in fields:  # keys are assigned, never def'd: it would be silently ignored
+                        raise UserError(f"config file '{arg}' defines a function '{key}', which sets nothing: "
+                                        f"assign the key ({key} = ...), or a lambda to derive it from others")
+                    continue  # a helper function
                 if callable(value):  # derived: checked once the command line has had its say
                     if key not in fields:
                         raise unknown_key(key, list(fields), f"in {arg}")
@@ -280,7 +331,13 @@ def _resolve(cls, values):
                 if key in busy:
                     raise UserError(f"config key '{key}' is derived from itself ({value.where})")
                 busy.add(key)
-                result = value.fn(View())
+                try:
+                    result = value.fn(View())
+                except UserError:
+                    raise
+                except Exception as e:
+                    raise UserError(f"config key '{key}' (derived in {value.where}) failed: "
+                                    f"{type(e).__name__}: {e}") from None
                 busy.discard(key)
                 _set(done, fields, key, repr(result), f"(derived in {value.where})", parsed=result)
                 value = done[key]
@@ -288,6 +345,16 @@ def _resolve(cls, values):
         return done[key]
 
     return {key: get(key) for key in values}
+
+
+def check_types(cls, values):
+    """values (a dict from a file, e.g. a checkpoint's config) checked and converted like a command line:
+    a wrong type names the key. Keys cls does not have (from another version) are left out."""
+    fields, out = _fields(cls), {}
+    for key, value in values.items():
+        if key in fields:
+            _set(out, fields, key, repr(value), "", parsed=value)
+    return out
 
 
 def config_dict(cfg):

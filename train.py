@@ -21,12 +21,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import Optional
 
+if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning
+    __import__("configurator").quiet_interrupts()
 import torch
 
 import checkpoint
 import hf
 import tokenizer
-from configurator import UserError, config_dict, parse_overrides, run
+from configurator import UserError, check_types, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
 from metrics import Metrics
 import model
@@ -106,6 +108,8 @@ SWITCHES = ("rope", "norm", "qk_norm", "mlp", "tie_embeddings", "zero_init", "lo
 # the keys that make the model what it is, which a resume cannot change (zero_init only sets the first weights)
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size") + tuple(
     k for k in SWITCHES if k != "zero_init")
+# the optimizer's hyperparameters: a resume takes them from the command line over the checkpoint's
+OPTIMIZER_KEYS = ("base_lr", "weight_decay", "betas", "momentum")
 
 
 def get_lr(it, cfg):
@@ -163,9 +167,24 @@ def check_config(cfg):
             raise UserError(f"{key}={getattr(cfg, key)}: must be at least 1")
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"dropout={cfg.dropout}: must be in [0, 1)")
+    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "muon_lr", "warmup_iters", "lr_decay_iters",
+                "spike_threshold", "logit_softcap", "sample_tokens"):
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and value >= 0):  # a negative rate or clip is a typo, never "off"
+            raise UserError(f"{key}={value}: must be a finite number, at least 0 (0 turns off what can be off)")
+    for key in ("beta1", "beta2", "muon_momentum"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise UserError(f"{key}={getattr(cfg, key)}: must be in [0, 1)")
+    if not 0 <= cfg.seed < 2**63:
+        raise UserError(f"seed={cfg.seed}: must be in [0, 2**63)")
+    if not cfg.out_dir.strip():
+        raise UserError("out_dir is empty: name the folder for checkpoints and metrics, e.g. --out_dir=out")
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise UserError(f"out_dir={cfg.out_dir!r} is a file, not a folder: choose another --out_dir")
     if isinstance(cfg.dataset, dict) and (not cfg.dataset or not all(
-            isinstance(k, str) and isinstance(w, (int, float)) and w > 0 for k, w in cfg.dataset.items())):
-        raise UserError(f"dataset={cfg.dataset!r}: a mix is {{'name': weight, ...}} with positive weights")
+            isinstance(k, str) and isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
+            for k, w in cfg.dataset.items())):
+        raise UserError(f"dataset={cfg.dataset!r}: a mix is {{'name': weight, ...}} with positive, finite weights")
     if cfg.init_from not in ("scratch", "resume") and not os.path.isdir(cfg.init_from):
         raise UserError(f"init_from={cfg.init_from!r}: expected scratch, resume, or a Hugging Face GPT-2 directory")
     try:
@@ -203,21 +222,27 @@ def load_resume(cfg, overrides, device):
         raise UserError(f"init_from=resume, but {cfg.out_dir} has no {checkpoint.CKPT}: check --out_dir, "
                         f"or start with --init_from=scratch")
     ckpt = checkpoint.load(path, device)
+    if "optimizer" not in ckpt or not isinstance(ckpt.get("config"), dict):
+        raise UserError(f"{path} holds weights only (a best.pt or an export), not a run's state: it cannot be "
+                        f"resumed; sample or evaluate it, or fine-tune it from a Hugging Face export (export.py)")
     saved = ckpt["config"]
-    for key in MODEL_KEYS:
+    for key in MODEL_KEYS + ("optimizer",):
         if key in overrides and key in saved and overrides[key] != saved[key]:
             raise UserError(f"cannot resume with {key}={overrides[key]}: the checkpoint in {cfg.out_dir} has "
                             f"{key}={saved[key]}")
-    known = {f.name for f in fields(TrainConfig)}
-    merged = {**{k: v for k, v in saved.items() if k in known}, **overrides}
-    return ckpt, TrainConfig(**merged)
+    try:  # a checkpoint is data from a file: its config is checked like a command line
+        saved = check_types(TrainConfig, {k: v for k, v in saved.items() if k not in overrides})
+    except UserError as e:
+        raise UserError(f"{path} has a malformed config: {e}") from None
+    return ckpt, TrainConfig(**{**saved, **overrides})
 
 
 @torch.no_grad()
-def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1):
+def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1, should_stop=None):
     """Mean loss per split over eval_iters batches of windows spread evenly over the split: the same
     windows every time, so evals are comparable, and a stratified sample, so they track the loss on the
-    whole split. Under DDP each process takes every world-th batch and the sums are combined."""
+    whole split. Under DDP each process takes every world-th batch and the sums are combined.
+    should_stop() is asked after every batch: when it says so, the eval is dropped and None returned."""
     model.eval()
     out = {}
     for split, loader in loaders.items():
@@ -228,6 +253,9 @@ def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1):
             if k % world == rank:
                 with ctx:
                     totals[j] += model(x, y)[1].float()
+            if should_stop is not None and should_stop():  # a preempted job must not wait for the eval
+                model.train()
+                return None
         if world > 1:
             torch.distributed.all_reduce(totals)
         means = [t / n for t, n in zip(totals.tolist(), batches)]
@@ -306,6 +334,19 @@ class Trainer:
     stopping on a signal all go through state_dict() and load_state_dict()."""
 
     def __init__(self, cfg, overrides=None):
+        self.lock = None  # out_dir's lock, held from check_out_dir to the end of run()
+        try:
+            self.setup(cfg, overrides)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def unlock(self):
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def setup(self, cfg, overrides):
         check_config(cfg)
         self.rank, local_rank, self.world = setup_distributed(cfg)
         self.master = self.rank == 0
@@ -363,12 +404,16 @@ class Trainer:
                                **{k: getattr(cfg, k) for k in SWITCHES})
         # model args the config has no key for (gelu_approx of an imported GPT-2) come from the weights' source
         self.model_args = {**(ckpt["model_args"] if ckpt is not None else hf_args), **self.model_args}
+        try:
+            gpt_config = GPTConfig(**self.model_args)
+        except TypeError as e:  # a checkpoint from another version, or edited by hand
+            raise UserError(f"the checkpoint's model_args do not fit this code's GPTConfig: {e}") from None
+        self.preflight(gpt_config)
         torch.manual_seed(cfg.seed)  # the same initial weights on every process (FSDP shards each one's copy)
-        self.raw_model = GPT(GPTConfig(**self.model_args))
+        self.raw_model = GPT(gpt_config)
         if hf_state is not None:
             self.raw_model.load_state_dict(hf_state)
         torch.manual_seed(cfg.seed + self.rank)  # but each its own dropout
-        self.preflight()
         self.raw_model.to(device)
         self.raw_model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model = self.wrap(self.raw_model)
@@ -376,9 +421,14 @@ class Trainer:
                                                              self.device_type, cfg.optimizer, cfg.muon_lr,
                                                              cfg.muon_momentum)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
+        # the optimizer's hyperparameters as this command's config says: they win over a resumed checkpoint's
+        self.hyper = [{k: g[k] for k in OPTIMIZER_KEYS if k in g} for g in self.optimizer.param_groups]
         self.iter_num, self.best_val_loss, self.lr_scale = 0, float("inf"), 1.0
+        self.val_loss = None  # of the eval at evaluated_at: what a rollback target is judged by
+        self.evaluated_at = -1  # the step of the last completed eval
         self.bad_steps = BadSteps(cfg.spike_threshold)
         self.skipped_in_a_row = self.rollbacks = 0
+        self.recover_to = None  # after a rollback: the val loss the run must get back to before saving again
         self.loader_state = self.loader.state_dict()
         if ckpt is not None:
             self.load_state_dict(ckpt)
@@ -397,19 +447,27 @@ class Trainer:
     # -- set-up ---------------------------------------------------------------------------------
 
     def check_out_dir(self, resuming):
+        """Take out_dir for this run: the lock first (one run per out_dir), then refuse to start a new run
+        over an old one's files, then clear what a killed run of ours left half-written."""
         out_dir = self.cfg.out_dir
-        os.makedirs(out_dir, exist_ok=True)
-        if not resuming and os.path.exists(os.path.join(out_dir, checkpoint.CKPT)):
-            raise UserError(f"{out_dir} already holds a run's {checkpoint.CKPT}: continue it with "
-                            f"--init_from=resume, or choose another --out_dir (nothing was overwritten)")
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create out_dir {out_dir}: {e.strerror} (choose another --out_dir)") from None
         if not os.access(out_dir, os.W_OK):
-            raise UserError(f"out_dir {out_dir} is not writable")
-        for name in os.listdir(out_dir):  # half-written files of a killed run
-            if name.endswith(".tmp"):
-                os.remove(os.path.join(out_dir, name))
+            raise UserError(f"out_dir {out_dir} is not writable (choose another --out_dir)")
+        self.lock = checkpoint.lock(out_dir)
+        found = checkpoint.run_files(out_dir)
+        if not resuming and found:
+            how = ("continue it with --init_from=resume" if checkpoint.CKPT in found else
+                   "it has no ckpt.pt to resume from: move those files away")
+            raise UserError(f"{out_dir} already holds a run's {', '.join(found)}: {how}, or choose another "
+                            f"--out_dir (nothing was overwritten)")
+        for name in checkpoint.leftovers(out_dir):
+            os.remove(os.path.join(out_dir, name))
 
-    def preflight(self):
-        """What would otherwise fail later, checked before the first step."""
+    def preflight(self, gpt_config):
+        """What would otherwise fail later, checked before the first step (and before the model takes memory)."""
         cfg, vocab = self.cfg, self.model_args["vocab_size"]
         for split in ("train", "val"):
             for path in (p for d in self.data_dirs for p in shard_paths(d, split)):
@@ -417,11 +475,12 @@ class Trainer:
                 if top >= vocab:
                     raise UserError(f"{path} holds token id {top}, but the model's vocabulary has {vocab} ids: "
                                     f"the data and the model use different tokenizers; re-run prepare.py")
-        if cfg.block_size > self.raw_model.config.block_size:
+        if cfg.block_size > gpt_config.block_size:
             raise UserError(f"block_size={cfg.block_size} is longer than the model's position table "
-                            f"({self.raw_model.config.block_size})")
-        need = self.raw_model.estimate_memory(cfg.batch_size, 4 if self.dtype == "float32" else 2,
-                                              cfg.gradient_checkpointing)
+                            f"({gpt_config.block_size})")
+        with torch.device("meta"):  # the model's shapes without its memory: a model too big must not be built
+            shapes = GPT(gpt_config)
+        need = shapes.estimate_memory(cfg.batch_size, 4 if self.dtype == "float32" else 2, cfg.gradient_checkpointing)
         have = available_memory(self.device)
         if have is not None and need > have:
             if self.device_type == "cpu":  # past this, Linux kills the process without a word
@@ -469,7 +528,8 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
         state = {"model": get_model_state_dict(self.raw_model, options=self._dcp_options()),
                  "model_args": self.model_args, "config": config_dict(self.cfg), "tokenizer": self.meta["tokenizer"],
-                 "iter_num": self.iter_num, "best_val_loss": self.best_val_loss}
+                 "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss,
+                 "evaluated_at": self.evaluated_at}
         if full:
             rng = {"torch": self.gather(torch.get_rng_state())}
             if self.device_type == "cuda":
@@ -477,7 +537,8 @@ class Trainer:
             # optimizer state keyed by parameter name, so a checkpoint moves between DDP and FSDP
             state.update(optimizer=get_optimizer_state_dict(self.raw_model, self.optimizer, options=self._dcp_options()),
                          scaler=self.scaler.state_dict(), loader=self.loader_state, rng=rng, lr_scale=self.lr_scale,
-                         recent_losses=list(self.bad_steps.recent))
+                         recent_losses=list(self.bad_steps.recent), rollbacks=self.rollbacks,
+                         recover_to=self.recover_to)
         return state
 
     def gather(self, t):
@@ -492,11 +553,16 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
         set_model_state_dict(self.raw_model, ckpt["model"], options=self._dcp_options())
         set_optimizer_state_dict(self.raw_model, self.optimizer, ckpt["optimizer"], options=self._dcp_options())
+        for group, hyper in zip(self.optimizer.param_groups, self.hyper):
+            group.update(hyper)  # --learning_rate, --weight_decay, --beta1/2 on resume take effect
         self.scaler.load_state_dict(ckpt["scaler"])
         self.loader.load_state_dict(ckpt["loader"])
         self.loader_state = self.loader.state_dict()
         self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         self.lr_scale = ckpt.get("lr_scale", 1.0)
+        self.val_loss = ckpt.get("val_loss")
+        self.evaluated_at = ckpt.get("evaluated_at", self.iter_num)  # older checkpoints: saved after their eval
+        self.rollbacks, self.recover_to = ckpt.get("rollbacks", 0), ckpt.get("recover_to")
         self.bad_steps = BadSteps(self.cfg.spike_threshold, ckpt.get("recent_losses", ()))
         states = ckpt["rng"]["torch"]
         if len(states) == self.world:
@@ -520,7 +586,7 @@ class Trainer:
         if os.path.exists(numbered):
             os.remove(numbered)
         os.link(path, numbered)  # costs no space until ckpt.pt is replaced
-        old = sorted(f for f in os.listdir(out) if f.startswith("ckpt_") and f.endswith(".pt"))
+        old = sorted(f for f in os.listdir(out) if checkpoint.numbered(f))
         for f in old[:-self.cfg.keep_last_n]:
             os.remove(os.path.join(out, f))
 
@@ -566,33 +632,62 @@ class Trainer:
         return loss_val, norm_val, lr, reason
 
     def skip(self, loss, grad_norm, reason):
+        """A bad step was not applied; too many in a row roll back. Returns whether it rolled back."""
         self.skipped_in_a_row += 1
         if self.master:
             print(f"step {self.iter_num}: skipped ({reason})")
             self.metrics.log({"iter": self.iter_num, "skipped": reason, "loss": loss, "grad_norm": grad_norm})
         if self.skipped_in_a_row >= self.cfg.max_skipped_steps:
-            self.rollback()
+            self.rollback(f"{self.cfg.max_skipped_steps} bad steps in a row")
+            return True
+        return False
 
-    def rollback(self):
-        """Back to the last checkpoint, with half the learning rate."""
+    MAX_ROLLBACKS = 5
+
+    def rollback(self, why):
+        """Back to the last checkpoint with the learning rate halved (again for each further rollback).
+        Until an eval is back to that checkpoint's val loss, nothing is saved over it; a run that does
+        not get back after MAX_ROLLBACKS tries stops with an error, its last good checkpoint intact."""
         path = os.path.join(self.cfg.out_dir, checkpoint.CKPT)
-        self.rollbacks += 1
-        if self.rollbacks > 5:
-            raise UserError(f"training keeps failing: rolled back to {path} five times; lower learning_rate, "
-                            f"raise warmup_iters, or check the data")
+        rollbacks = self.rollbacks + 1
+        if rollbacks > self.MAX_ROLLBACKS:
+            raise UserError(f"training keeps failing ({why} at step {self.iter_num}) after rolling back "
+                            f"{self.MAX_ROLLBACKS} times, each with half the learning rate; {path} is the last good "
+                            f"checkpoint. Lower learning_rate, raise warmup_iters, or check the data")
         failed_at = self.iter_num
         self.load_state_dict(checkpoint.load(path, self.device))
+        self.rollbacks = rollbacks
+        self.recover_to = self.val_loss  # None for checkpoints from before val_loss was saved: no check
         self.lr_scale *= 0.5 ** self.rollbacks
         self.skipped_in_a_row = 0
         self.fetch()
         if self.master:
-            print(f"{self.cfg.max_skipped_steps} bad steps in a row at step {failed_at}: rolled back to step "
-                  f"{self.iter_num} ({path}) with the learning rate scaled by {self.lr_scale:g}")
+            print(f"{why} at step {failed_at}: rolled back to step {self.iter_num} ({path}) with the learning "
+                  f"rate scaled by {self.lr_scale:g}")
             self.metrics.log({"iter": self.iter_num, "rollback_from": failed_at, "lr_scale": self.lr_scale})
 
+    def healthy(self, val):
+        """Whether a checkpoint with this val loss may be saved: a finite loss, and after a rollback, back to
+        (within 1% of) the loss of the checkpoint rolled back to."""
+        if not math.isfinite(val):
+            return False
+        return self.recover_to is None or val <= self.recover_to * 1.01
+
     def eval_and_checkpoint(self, at_end):
+        """Evaluate, log, and save ckpt.pt (and best.pt). Returns False when a stop request cut the eval
+        short: the step is then saved unevaluated, and a resume evaluates it first."""
         cfg = self.cfg
-        losses = evaluate(self.model, self.eval_loaders, cfg.eval_iters, self.ctx, self.rank, self.world)
+        losses = evaluate(self.model, self.eval_loaders, cfg.eval_iters, self.ctx, self.rank, self.world,
+                          should_stop=self.check_stop)
+        if losses is None:
+            return False
+        if not cfg.eval_only and not self.healthy(losses["val"]):
+            self.rollback(f"val loss {losses['val']:.4f}" + (f", worse than {self.recover_to:.4f} at the checkpoint"
+                                                             if self.recover_to is not None else ""))
+            return True
+        self.evaluated_at, self.val_loss = self.iter_num, losses["val"]
+        if self.recover_to is not None:  # back on track
+            self.recover_to, self.rollbacks = None, 0
         improved = losses["val"] < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, losses["val"])
         sample = self.eval_sample()
@@ -614,12 +709,12 @@ class Trainer:
             if cfg.plot:
                 self.metrics.plot()
         if cfg.eval_only:
-            return
+            return True
         if improved and self.iter_num > 0:
             self.save(best=True)
         if cfg.always_save_checkpoint or improved or at_end or self.iter_num == 0:
             self.save()  # at step 0 too: the first rollback target
-            self.rollbacks = 0
+        return True
 
     def eval_sample(self):
         """A short sample from the model: quality you can read, next to the loss."""
@@ -673,6 +768,7 @@ class Trainer:
                 signal.signal(s, h)
             if self.metrics is not None:
                 self.metrics.close()
+            self.unlock()
             if self.world > 1:
                 torch.distributed.barrier()  # let rank 0 finish writing before any process leaves
                 torch.distributed.destroy_process_group()
@@ -684,30 +780,38 @@ class Trainer:
         losses, stopped, eval_seconds = [], 0, 0.0
         while True:
             at_end = self.iter_num >= cfg.max_iters or cfg.eval_only
-            fresh_start = self.iter_num == 0 and cfg.init_from != "resume"
-            if (self.iter_num % cfg.eval_interval == 0 and self.iter_num != self.start_iter) or at_end or fresh_start:
+            # every eval_interval steps and at the end, once: a resumed run evaluates the step it was saved
+            # at only if that eval was cut short (the checkpoint says), so its events equal an unbroken run's
+            if cfg.eval_only or ((self.iter_num % cfg.eval_interval == 0 or at_end)
+                                 and self.evaluated_at != self.iter_num):
                 t_eval = time.time()
-                self.eval_and_checkpoint(at_end)
+                at = self.iter_num
+                finished = self.eval_and_checkpoint(at_end)
                 t_eval = time.time() - t_eval
                 t_log += t_eval  # evals are not training time: keep them out of tokens/s
                 eval_seconds += t_eval
+                if self.iter_num != at:  # it rolled back
+                    losses = []
+                    continue
+                if not finished:
+                    stopped = self.check_stop()
+                    self.stop()
+                    break
             if at_end:
                 break
             loss, grad_norm, lr, reason = self.step()
-            if reason is not None:
-                self.skip(loss, grad_norm, reason)
-            else:
+            if reason is None:
                 self.skipped_in_a_row = 0
                 losses.append(loss)
+            elif self.skip(loss, grad_norm, reason):
+                losses = []  # rolled back: those steps are undone
+                continue
             if losses and (self.iter_num % cfg.log_interval == 0 or self.iter_num == cfg.max_iters):
                 t_log = self.log_step(losses, grad_norm, lr, t_log)
                 losses = []
             stopped = self.check_stop()
             if stopped:
-                self.save()
-                if self.master:
-                    print(f"stopped at step {self.iter_num}: saved {os.path.join(cfg.out_dir, checkpoint.CKPT)}; "
-                          f"continue with --init_from=resume --out_dir={cfg.out_dir}")
+                self.stop()
                 break
         if self.master and not stopped:
             total = time.time() - self.t0
@@ -717,12 +821,23 @@ class Trainer:
         return {"iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "out_dir": cfg.out_dir,
                 "stopped_by": stopped, "eval_seconds": eval_seconds}
 
+    def stop(self):
+        """A signal asked to stop: save where we are (unless a rollback is still being recovered from:
+        then the last good checkpoint stays), and say how to continue."""
+        cfg, path = self.cfg, os.path.join(self.cfg.out_dir, checkpoint.CKPT)
+        if self.recover_to is None:
+            self.save()
+        if self.master:
+            saved = (f"saved {path}" if self.recover_to is None else
+                     f"not saved while recovering from a rollback; {path} is the last good checkpoint")
+            print(f"stopped at step {self.iter_num}: {saved}; continue with --init_from=resume --out_dir={cfg.out_dir}")
+
     def log_step(self, losses, grad_norm, lr, t_log):
         now = time.time()
         tok_s = len(losses) * self.tokens_per_iter / max(now - t_log, 1e-9)
         mfu = estimate_mfu(self.flops_per_token, tok_s / self.world, self.device)
-        done = self.iter_num - self.start_iter
-        eta = (now - self.t0) / done * (self.cfg.max_iters - self.iter_num)
+        done = max(self.iter_num - self.start_iter, 1)  # after a rollback to before start_iter, a guess
+        eta = (now - self.t0) / done * max(self.cfg.max_iters - self.iter_num, 0)
         loss = sum(losses) / len(losses)
         if self.master:
             print(f"iter {self.iter_num}/{self.cfg.max_iters}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tok/s"
