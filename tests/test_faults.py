@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,24 @@ if mode == "step":                       # at the start of step n
             die()
         return real(it, cfg)
     train.get_lr = get_lr
+elif mode in ("eval", "term-eval"):     # after the n-th batch of evals: kill -9, or SIGTERM
+    real = train.evaluate
+    def evaluate(*a, should_stop=None, **k):
+        def stop():
+            calls[0] += 1
+            if calls[0] == n:
+                die() if mode == "eval" else os.kill(os.getpid(), signal.SIGTERM)
+            return should_stop()
+        return real(*a, should_stop=stop, **k)
+    train.evaluate = evaluate
+elif mode == "term-step":                # SIGTERM at the start of step n
+    real = train.get_lr
+    def get_lr(it, cfg):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(it, cfg)
+    train.get_lr = get_lr
 else:                                    # half way through writing the n-th checkpoint
     real = torch.save
     def save(obj, f, *a, **k):
@@ -61,10 +80,16 @@ def losses(out_dir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data_root, tmp_path_factory):
+def reference(data_root, tmp_path_factory):
+    """The out_dir of the uninterrupted run."""
     out = tmp_path_factory.mktemp("full")
     train(tiny_train_config(data_root, out, **ARGS))
-    return losses(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(reference):
+    return losses(reference)
 
 
 @pytest.mark.parametrize("mode, n", [("step", 3), ("step", 11), ("save", 3)],
@@ -204,3 +229,215 @@ def test_observability_png_sample_and_grad_norm(data_root, tmp_path, capsys):
     assert out.count("sample: 'ROMEO:") == 3  # steps 0, 4, 8
     steps = [e for e in read_metrics(tmp_path) if "loss" in e]
     assert all(e["grad_norm"] > 0 for e in steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# stops and kills at any moment, several in one run: the events, best.pt and final weights are the same
+
+def events(out_dir):
+    """What a run logged, without the wall-clock fields (time, tokens/s, mfu)."""
+    return [{k: v for k, v in e.items() if k not in ("time", "tokens_per_sec", "mfu")} for e in read_metrics(out_dir)]
+
+
+def weights(path):
+    return checkpoint.load(str(path))["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_and_stopped_again_and_again_ends_as_the_uninterrupted_run(data_root, tmp_path, reference):
+    # a kill -9 or SIGTERM at random moments: in steps, inside evals, during checkpoint writes, and a stop
+    # that lands exactly on an eval step (step 8 here), each followed by a resume on the same out_dir
+    import random
+    rng = random.Random(20261130)
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(root=ROOT))
+    out = tmp_path / "run"
+    stops = [("term-step", 8), ("eval", rng.randint(1, 3)), ("step", rng.randint(2, 5)), ("save", rng.randint(1, 2)),
+             ("term-eval", rng.randint(1, 3))]
+    args = cli_args(data_root, out)
+    for i, (mode, n) in enumerate(stops):
+        r = subprocess.run([sys.executable, str(script), mode, str(n), *args], capture_output=True, text=True,
+                           timeout=300)
+        expected = 128 + signal.SIGTERM if mode.startswith("term") else -signal.SIGKILL
+        assert r.returncode == expected, (mode, n, r.stdout[-2000:], r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
+        args = [f"--init_from=resume", f"--out_dir={out}"]
+    train(TrainConfig(init_from="resume", out_dir=str(out)), {"init_from": "resume", "out_dir": str(out)})
+    assert events(out) == events(reference)  # every step and eval event, in order, with the same numbers
+    assert_same_weights(weights(out / "best.pt"), weights(reference / "best.pt"))
+    assert_same_weights(weights(out / "ckpt.pt"), weights(reference / "ckpt.pt"))
+
+
+def test_a_stop_on_an_eval_step_resumes_with_that_eval(data_root, tmp_path, reference, monkeypatch):
+    import train as train_module
+    real = train_module.get_lr
+
+    def get_lr(it, cfg):
+        if it == 7:  # during step 8, an eval step: the stop saves before the eval
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(it, cfg)
+    monkeypatch.setattr(train_module, "get_lr", get_lr)
+    assert train(tiny_train_config(data_root, tmp_path, **ARGS))["iter_num"] == 8
+    assert not [e for e in read_metrics(tmp_path) if e.get("iter") == 8 and "val_loss" in e]
+    monkeypatch.setattr(train_module, "get_lr", real)
+    train(TrainConfig(init_from="resume", out_dir=str(tmp_path)), {"init_from": "resume", "out_dir": str(tmp_path)})
+    assert events(tmp_path) == events(reference)
+    assert_same_weights(weights(tmp_path / "best.pt"), weights(reference / "best.pt"))
+
+
+def test_sigterm_during_an_eval_stops_within_one_batch(data_root, tmp_path, reference, monkeypatch):
+    import train as train_module
+    real, batches = train_module.evaluate, []
+
+    def evaluate(*a, should_stop=None, **k):
+        def stop():
+            batches.append(1)
+            if len(batches) == 105:  # step 0 evaluates 2 x 50 batches; this is the step-4 eval, 5 batches in
+                os.kill(os.getpid(), signal.SIGTERM)
+            return should_stop()
+        return real(*a, should_stop=stop, **k)
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    result = train(tiny_train_config(data_root, tmp_path, **{**ARGS, "eval_iters": 50}))
+    assert result["stopped_by"] == signal.SIGTERM and result["iter_num"] == 4
+    assert len(batches) == 105  # not one batch more
+    monkeypatch.setattr(train_module, "evaluate", real)
+    train(TrainConfig(init_from="resume", out_dir=str(tmp_path)), {"init_from": "resume", "out_dir": str(tmp_path)})
+    rerun = tmp_path.parent / "rerun"
+    train(tiny_train_config(data_root, rerun, **{**ARGS, "eval_iters": 50}))
+    assert events(tmp_path) == events(rerun)
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizer overrides on resume, and runs that cannot recover
+
+def test_resume_with_a_new_learning_rate_scales_the_update_by_its_ratio(data_root, tmp_path):
+    base = dict(max_iters=4, lr_decay_iters=4, eval_interval=4, decay_lr=False, dropout=0.0)
+    train(tiny_train_config(data_root, tmp_path / "run", **base))
+    before = weights(tmp_path / "run" / "ckpt.pt")
+    updates = {}
+    for lr in (1e-3, 3e-3):
+        out = tmp_path / f"lr{lr}"
+        shutil.copytree(tmp_path / "run", out)
+        overrides = {"init_from": "resume", "out_dir": str(out), "max_iters": 5, "learning_rate": lr}
+        train(TrainConfig(**overrides), overrides)
+        assert checkpoint.load(str(out / "ckpt.pt"))["config"]["learning_rate"] == lr
+        after = weights(out / "ckpt.pt")
+        updates[lr] = torch.cat([(after[k] - before[k]).flatten() for k in before])
+    # AdamW's update (and its decoupled weight decay) is proportional to the learning rate: 3x the rate, 3x
+    # the update, up to float32 rounding of the weight differences
+    u1, u3 = updates[1e-3], updates[3e-3]
+    assert u1.norm() > 0 and (u3 - 3 * u1).norm() / u3.norm() < 1e-4
+
+
+def test_resume_takes_weight_decay_and_betas_from_the_command_line(data_root, tmp_path):
+    train(tiny_train_config(data_root, tmp_path, max_iters=4, lr_decay_iters=4, eval_interval=4))
+    overrides = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 5, "weight_decay": 0.5,
+                 "beta1": 0.8, "beta2": 0.99}
+    train(TrainConfig(**overrides), overrides)
+    groups = checkpoint.load(str(tmp_path / "ckpt.pt"))["optimizer"]["param_groups"]
+    assert {g["weight_decay"] for g in groups} == {0.5, 0.0} and {tuple(g["betas"]) for g in groups} == {(0.8, 0.99)}
+
+
+def test_a_run_that_cannot_recover_stops_with_one_line_and_its_last_good_checkpoint(data_root, tmp_path, capsys):
+    from conftest import assert_one_line_error, run_main
+    import train as train_module
+    args = [f"--{k}={v}" for k, v in vars(tiny_train_config(data_root, tmp_path, max_iters=300, eval_interval=10,
+                                                            learning_rate=1e6, decay_lr=False)).items()
+            if v is not None]
+    code, out, err = run_main(train_module.main, args, capsys)
+    assert_one_line_error(code, err, "keeps failing", "rolling back 5 times", "ckpt.pt is the last good checkpoint")
+    assert out.count("rolled back to step 0") == 5
+    ckpt = checkpoint.load(str(tmp_path / "ckpt.pt"))
+    assert ckpt["iter_num"] == 0 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_after_a_rollback_a_worse_eval_is_never_saved(data_root, tmp_path, monkeypatch, capsys):
+    # bad steps 6-8 roll back to step 4; the first eval at step 8 after it is far worse (a diverged model):
+    # it must not replace ckpt.pt, but roll back again; the next try is fine and the run ends normally
+    import train as train_module
+    corrupt_loss(monkeypatch, {6, 7, 8}, float("inf"))
+    real, calls = train_module.evaluate, []
+
+    def evaluate(*a, **k):
+        out = real(*a, **k)
+        calls.append(out["val"])
+        if len(calls) == 3:  # evals: step 0, step 4, then step 8 after the rollback
+            out = {**out, "val": 50.0}
+        return out
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    saved = []
+    real_save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda obj, path: (saved.append(obj.get("val_loss")), real_save(obj, path)))
+    result = train(tiny_train_config(data_root, tmp_path, **ARGS))
+    assert result["iter_num"] == 16 and 50.0 not in saved
+    rollbacks = [e for e in read_metrics(tmp_path) if "rollback_from" in e]
+    assert [(e["iter"], e["rollback_from"]) for e in rollbacks] == [(4, 8), (4, 8)]
+    assert "val loss 50.0000, worse than" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# one run per out_dir; nothing of anyone's overwritten or deleted
+
+def test_a_second_run_on_a_busy_out_dir_is_refused_naming_the_first(data_root, tmp_path):
+    train(tiny_train_config(data_root, tmp_path, max_iters=4, lr_decay_iters=4, eval_interval=4))
+    before = {p: open(p, "rb").read() for p in (tmp_path / "ckpt.pt", tmp_path / "metrics.jsonl")}
+    held = checkpoint.lock(str(tmp_path))  # as another process's run would hold it
+    try:
+        with pytest.raises(UserError, match=f"in use by another run \\(process {os.getpid()} on"):
+            overrides = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 8}
+            train(TrainConfig(**overrides), overrides)
+    finally:
+        held.close()
+    assert {p: open(p, "rb").read() for p in before} == before
+    overrides = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 8}
+    assert train(TrainConfig(**overrides), overrides)["iter_num"] == 8  # the lock went with its holder
+
+
+@pytest.mark.parametrize("leftover", ["best.pt", "metrics.jsonl", "ckpt_0000100.pt"])
+def test_a_new_run_never_starts_over_another_runs_files(data_root, tmp_path, leftover):
+    (tmp_path / leftover).write_bytes(b"precious")
+    with pytest.raises(UserError, match=f"already holds a run's {leftover}.*no ckpt.pt to resume from"):
+        train(tiny_train_config(data_root, tmp_path, max_iters=2))
+    assert (tmp_path / leftover).read_bytes() == b"precious"
+
+
+def test_only_this_programs_files_are_removed(data_root, tmp_path):
+    (tmp_path / "notes.tmp").write_text("mine")
+    (tmp_path / "ckpt_best_by_hand.pt").write_text("mine too")
+    train(tiny_train_config(data_root, tmp_path, **{**ARGS, "keep_last_n": 1}))
+    (tmp_path / "ckpt.pt.tmp").write_bytes(b"half a checkpoint")  # as a kill -9 during a write leaves it
+    overrides = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 20, "keep_last_n": 1}
+    train(TrainConfig(**overrides), overrides)
+    assert (tmp_path / "notes.tmp").read_text() == "mine" and (tmp_path / "ckpt_best_by_hand.pt").exists()
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+    assert sorted(f for f in os.listdir(tmp_path) if f.startswith("ckpt_")) == ["ckpt_0000020.pt", "ckpt_best_by_hand.pt"]
+
+
+def test_a_damaged_checkpoint_is_refused_at_load(data_root, tmp_path):
+    train(tiny_train_config(data_root, tmp_path, max_iters=4, lr_decay_iters=4, eval_interval=4))
+    path = tmp_path / "ckpt.pt"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 5000] = bytes(5000)
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="ckpt.pt (is damaged|cannot be read|.*damaged)"):
+        checkpoint.load(str(path))
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(data_root, tmp_path, monkeypatch):
+    import errno
+    train(tiny_train_config(data_root, tmp_path, max_iters=4, lr_decay_iters=4, eval_interval=4))
+    before = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "best.pt")}
+
+    def full(obj, f, *a, **k):
+        f.write(b"part of it")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    overrides = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 8}
+    with pytest.raises(UserError, match="cannot write checkpoint .*best.pt \\(the previous one is intact\\).*No space"):
+        train(TrainConfig(**overrides), overrides)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
