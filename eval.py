@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass
 from itertools import groupby
 
+if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning
+    __import__("configurator").quiet_interrupts()
 import numpy as np
 import torch
 
@@ -85,6 +87,8 @@ def evaluate(cfg, info=None):
     info = info or (lambda msg: print(msg, file=sys.stderr))
     if cfg.batch_size < 1 or cfg.stride < 0:
         raise UserError("batch_size must be at least 1 and stride at least 0")
+    if cfg.split not in ("train", "val"):  # a name, never a pattern: '*' would score both splits as one
+        raise UserError(f"split={cfg.split!r}: expected train or val")
     device, ctx = inference_device(cfg.device, cfg.dtype)
     model, tokenizer, path, meta = load_model(cfg.out_dir, device)
     trained = meta["config"] or {}  # None for a Hugging Face directory

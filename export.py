@@ -13,6 +13,8 @@ back. The conversion itself lives in hf.py.
 import sys
 from dataclasses import dataclass
 
+if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning
+    __import__("configurator").quiet_interrupts()
 from configurator import parse_args, run
 from hf import export_hf
 from sample import describe, load_model

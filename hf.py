@@ -269,14 +269,18 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
     parent, name = os.path.split(os.path.abspath(hf_dir))
     work = os.path.join(parent, f".{name}.partial")  # a crash leaves only this behind, never half an export
     shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
-    for fname, content in files.items():
-        with open(os.path.join(work, fname), "w", encoding="utf-8") as f:
-            f.write(content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False))
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_file(to_hf(state, model_args), os.path.join(work, "model.safetensors"), metadata={"format": "pt"})
-    os.chmod(os.path.join(work, "model.safetensors"), os.stat(os.path.join(work, "config.json")).st_mode)  # not 0600
-    os.makedirs(hf_dir, exist_ok=True)
+    try:
+        os.makedirs(work)
+        for fname, content in files.items():
+            with open(os.path.join(work, fname), "w", encoding="utf-8") as f:
+                f.write(content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_file(to_hf(state, model_args), os.path.join(work, "model.safetensors"), metadata={"format": "pt"})
+        os.chmod(os.path.join(work, "model.safetensors"), os.stat(os.path.join(work, "config.json")).st_mode)
+        os.makedirs(hf_dir, exist_ok=True)
+    except BaseException:  # a full disk, a Ctrl-C: hf_dir keeps what it had, and no partial copy stays behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     for fname in EXPORT_FILES:
         if os.path.exists(os.path.join(work, fname)):
             os.replace(os.path.join(work, fname), os.path.join(hf_dir, fname))

@@ -13,15 +13,18 @@ from configurator import UserError
 
 
 def read_events(path):
-    """The events in a metrics.jsonl; a line cut short by a crash is skipped."""
+    """The events in a metrics.jsonl; a line cut short by a crash, or one that is not an event (an object
+    with a numeric iter, as every line this code writes), is skipped: the file is the user's to edit."""
     events = []
     if os.path.exists(path):
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
-                    events.append(json.loads(line))
+                    event = json.loads(line)
                 except json.JSONDecodeError:
-                    pass
+                    continue
+                if isinstance(event, dict) and isinstance(event.get("iter", 0), (int, float)):
+                    events.append(event)
     return events
 
 

@@ -16,6 +16,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning
+    __import__("configurator").quiet_interrupts()
 import torch
 
 import checkpoint
@@ -95,8 +97,11 @@ def read_prompt(start):
         path = start[len("FILE:"):]
         if not os.path.isfile(path):
             raise UserError(f"prompt file {path} not found")
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except UnicodeDecodeError as e:
+            raise UserError(f"prompt file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     return start
 
 
@@ -202,8 +207,9 @@ def sample(cfg, out=sys.stdout, info=None, inp=None):
     info = info or (lambda msg: print(msg, file=sys.stderr))
     if cfg.num_samples < 1 or cfg.max_new_tokens < 0:
         raise UserError("num_samples must be at least 1 and max_new_tokens at least 0")
-    if cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
-        raise UserError("temperature must be >= 0 and top_p in (0, 1]")
+    if not (0 <= cfg.temperature < float("inf")) or not 0 < cfg.top_p <= 1 or cfg.top_k < 0:
+        raise UserError(f"temperature={cfg.temperature}, top_k={cfg.top_k}, top_p={cfg.top_p}: temperature must be "
+                        f">= 0, top_k >= 0 (0: no limit) and top_p in (0, 1] (1: off)")
     stops = [unescape(s) for s in cfg.stop]
     if "" in stops:
         raise UserError("--stop: a stop string cannot be empty")

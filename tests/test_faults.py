@@ -441,3 +441,12 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(data_root,
         train(TrainConfig(**overrides), overrides)
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_resume_skips_metrics_lines_that_are_not_events(data_root, tmp_path):
+    train(tiny_train_config(data_root, tmp_path, max_iters=4, lr_decay_iters=4, eval_interval=4))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('[1, 2]\n"a note"\n{"iter": "x"}\n{"iter": 3, "loss": 1.0\n')
+    overrides = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 6}
+    assert train(TrainConfig(**overrides), overrides)["iter_num"] == 6
+    assert [e["iter"] for e in read_metrics(tmp_path) if "loss" in e] == [1, 2, 3, 4, 5, 6]
