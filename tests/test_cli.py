@@ -89,3 +89,15 @@ def test_user_mistakes_are_one_line_errors(workdir):
                        "no ckpt.pt")
     assert_clean_error(cli("export.py", "--out_dir", "nothing", cwd=workdir), "no checkpoint")
     assert_clean_error(cli("eval.py", "--out_dir", "nothing", cwd=workdir), "no checkpoint")
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "eval.py", "export.py"])
+def test_ctrl_c_while_torch_loads_exits_quietly(script, tmp_path):
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, script), "--help"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.2)  # importing torch takes about a second: this lands in the middle of it
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err

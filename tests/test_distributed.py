@@ -67,3 +67,15 @@ def test_fsdp_two_processes_equal_one(data_root, tmp_path, single):
     overrides = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 16, "fsdp": False}
     train(TrainConfig(**overrides), overrides)
     assert_same_curve(losses(tmp_path), losses(single))
+
+
+def test_a_mistake_under_torchrun_is_one_line_from_rank_0(data_root, tmp_path):
+    cfg = tiny_train_config(data_root, tmp_path, **{**ARGS, "gradient_accumulation_steps": 3})
+    args = [f"--{k}={v}" for k, v in vars(cfg).items() if v is not None]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "gradient_accumulation_steps=3 must be a multiple of the number of processes (2)" in ours[0]
+    assert not os.path.exists(tmp_path / "ckpt.pt")
