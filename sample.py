@@ -207,6 +207,8 @@ def sample(cfg, out=sys.stdout, info=None, inp=None):
     info = info or (lambda msg: print(msg, file=sys.stderr))
     if cfg.num_samples < 1 or cfg.max_new_tokens < 0:
         raise UserError("num_samples must be at least 1 and max_new_tokens at least 0")
+    if not 0 <= cfg.seed < 2**63:
+        raise UserError(f"seed={cfg.seed}: must be in [0, 2**63)")
     if not (0 <= cfg.temperature < float("inf")) or not 0 < cfg.top_p <= 1 or cfg.top_k < 0:
         raise UserError(f"temperature={cfg.temperature}, top_k={cfg.top_k}, top_p={cfg.top_p}: temperature must be "
                         f">= 0, top_k >= 0 (0: no limit) and top_p in (0, 1] (1: off)")

@@ -166,6 +166,7 @@ CASES = {
     "sample an empty ckpt.pt": ("sample", lambda c: ([f"--out_dir={c.empty_ckpt_dir()}"], ["cannot read checkpoint"])),
     "sample a damaged checkpoint": ("sample", lambda c: (
         [f"--out_dir={c.damaged_run() / 'ckpt.pt'}"], ["ckpt.pt", "damaged"])),
+    "sample with a seed beyond 64 bits": ("sample", lambda c: ([f"--out_dir={c.run}", f"--seed={2**64}"], ["seed="])),
     "sample on an unknown device": ("sample", lambda c: ([f"--out_dir={c.run}", "--device=tpu"], ["device='tpu'"])),
     # eval.py
     "split as a pattern": ("eval", lambda c: ([f"--out_dir={c.run}", "--split=*"], ["split='*'"])),
