@@ -42,7 +42,7 @@ PIECE_CHARS = 1 << 20  # long documents are tokenized in pieces of about this ma
 class PrepareConfig:
     """Tokenize text into shards for train.py: TinyStories by default, or --input files, or --dataset NAME
     (repeat --dataset / --input to mix several sources)."""
-    name: str = ""  # output folder data/<name>/ (default: from the first source, e.g. tinystories)
+    name: str = ""  # output folder data/<name>/, one folder name (default: from the first source, e.g. tinystories)
     tokenizer: str = "gpt2"  # gpt2 (GPT-2 BPE through tiktoken), char (one id per character seen), or bpe (trained here)
     vocab_size: int = 8192  # vocabulary of a trained bpe tokenizer
     val_fraction: Optional[float] = None  # for sources without a validation split: the last fraction of the text held out (default 0.1)

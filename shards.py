@@ -5,8 +5,9 @@ A shard `{split}_{NNNNNN}.bin` is a 1024-byte header of little-endian int32s,
     [0] MAGIC   [1] VERSION   [2] bytes per token (2: uint16, 4: uint32)   [3] token count
     [4] the largest token id in the shard (-1 if empty), so a vocabulary check reads no tokens
 followed by the tokens. The reader checks all four against the file, so a
-truncated or foreign file is refused with a clear message. meta.json is
-written last: a directory with meta.json is complete.
+truncated or foreign file is refused with a clear message; check_tokens also
+reads a sample of the tokens. meta.json is written last: a directory with
+meta.json is complete, and read_meta refuses a damaged one in one line.
 """
 
 import glob
