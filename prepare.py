@@ -316,8 +316,9 @@ def check_options(cfg, specs):
     if cfg.tokenizer == "bpe" and not 258 <= cfg.vocab_size <= 2**31:
         raise UserError(f"--vocab_size {cfg.vocab_size}: a byte-level BPE needs at least 258 ids "
                         f"(256 bytes + 1 merge + end-of-text)")
-    if not cfg.data_root:
-        raise UserError("--data_root is empty: name the folder that holds prepared datasets (default: data)")
+    if not cfg.data_root or (os.path.exists(cfg.data_root) and not os.path.isdir(cfg.data_root)):
+        raise UserError(f"--data_root {cfg.data_root!r} is not a folder: name the folder that holds prepared "
+                        f"datasets (default: data)")
     weighted = [s.weight is not None for s in specs]
     if any(weighted) and not all(weighted):
         raise UserError("give a --weight to every source or to none")

@@ -199,12 +199,12 @@ def meta_problem(meta):
     """What is wrong with a parsed meta.json, or None: the keys train.py, eval.py and sample.py rely on."""
     if not isinstance(meta, dict):
         return f"holds a JSON {type(meta).__name__}, not an object"
-    if meta.get("format_version") != VERSION:
-        return f"has format_version {meta.get('format_version')!r}, this code reads {VERSION}"
+    if meta.get("format_version", VERSION) != VERSION:  # tools may write a minimal meta.json without one
+        return f"has format_version {meta['format_version']!r}, this code reads {VERSION}"
     t = meta.get("tokenizer")
-    need = {"gpt2": "encoding", "char": "chars", "bpe": "json"}
-    if not isinstance(t, dict) or t.get("kind") not in need or need[t["kind"]] not in t:
-        return "has no valid 'tokenizer' entry (kind gpt2, char or bpe, with its encoding, chars or json)"
+    need = {"gpt2": "encoding", "char": "chars", "bpe": "json"}  # other kinds (bench.py's random ids) train
+    if not isinstance(t, dict) or not isinstance(t.get("kind"), str) or need.get(t["kind"], "kind") not in t:
+        return "has no valid 'tokenizer' entry (a kind, and a gpt2's encoding, a char's chars or a bpe's json)"
     if not (_is_int(t.get("vocab_size")) and _is_int(t.get("eot_id")) and 0 <= t["eot_id"] < t["vocab_size"]):
         return "has a 'tokenizer' entry without a valid vocab_size and eot_id"
     counts = meta.get("counts")
