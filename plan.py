@@ -76,16 +76,36 @@ def shapes_near(n, vocab_size, block_size, count=5):
     return [f[1:] for f in sorted(found)[:count]]
 
 
+def check_options(cfg):
+    """Every number finite and in range, so the arithmetic below cannot overflow into a traceback."""
+    for key in ("flops", "tokens", "params", "hours", "tokens_per_sec", "measured_params"):
+        x = getattr(cfg, key)
+        if not (math.isfinite(x) and x >= 0):
+            raise UserError(f"--{key} {x}: must be a finite number, at least 0 (0: not given)")
+    for key in ("batch_tokens", "vocab_size", "block_size"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"--{key} {getattr(cfg, key)}: must be at least 1")
+
+
 def plan(cfg):
+    check_options(cfg)
     given = [k for k in ("flops", "tokens", "params", "hours") if getattr(cfg, k) > 0]
     if len(given) != 1:
-        raise UserError("give exactly one of --flops, --tokens, --params or --hours")
+        raise UserError("give exactly one of --flops, --tokens, --params or --hours (a positive number)")
     flops_per_sec = 6 * cfg.measured_params * cfg.tokens_per_sec if cfg.tokens_per_sec and cfg.measured_params else 0
     if cfg.hours and not flops_per_sec:
         raise UserError("--hours needs --tokens_per_sec and --measured_params (the model they were measured on)")
     c = {"flops": lambda: cfg.flops, "tokens": lambda: flops_for_tokens(cfg.tokens),
-         "params": lambda: flops_for_params(cfg.params), "hours": lambda: flops_per_sec * cfg.hours * 3600}[given[0]]()
-    n, d = optimal_for_flops(c)
+         "params": lambda: flops_for_params(cfg.params), "hours": lambda: flops_per_sec * cfg.hours * 3600}
+    try:
+        c = c[given[0]]()
+        n, d = optimal_for_flops(c)
+        ok = all(math.isfinite(x) for x in (c, n, d, d / n)) and n >= 1 and d >= 1  # a model of at least 1 parameter
+    except (OverflowError, ZeroDivisionError):
+        ok = False
+    if not ok:
+        raise UserError(f"--{given[0]} {getattr(cfg, given[0])}: too far outside the fit's range to compute "
+                        f"(it was fitted on 70M-16B parameters and 5B-500B tokens)")
     out = {"flops": c, "params": n, "tokens": d, "tokens_per_param": d / n, "predicted_loss": loss(n, d),
            "steps": math.ceil(d / cfg.batch_tokens), "batch_tokens": cfg.batch_tokens,
            "shapes": [dict(zip(("n_layer", "n_head", "n_embd", "params"), s))

@@ -9,16 +9,21 @@ Prepare a dataset: text -> tokens -> shards + meta.json in data/<name>/.
 
 Each --dataset or --input starts a source; --config, --split, --text_column and --weight after it
 belong to it. Every document ends with the end-of-text token. Tokenization runs on all cores;
-memory stays bounded by the work in flight, not the corpus. Nothing is final until meta.json is
-written, and an existing dataset is only replaced with --overwrite, after the new one is complete.
+memory stays bounded by the work in flight, not the corpus. The dataset is built in
+data/.<name>.partial/ and published by renaming that folder to data/<name>/: an existing dataset is
+only replaced with --overwrite, and stays whole until the new one is (see publish).
 """
 
+import errno
+import math
 import os
+import re
 import shutil
 import sys
 import time
 from array import array
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -26,7 +31,7 @@ import numpy as np
 
 import tokenizer as tok
 from configurator import UserError, format_help, parse_args, run, unknown_key
-from shards import ShardWriter, shard_paths, token_dtype, write_meta, VERSION
+from shards import ShardWriter, token_dtype, write_meta, VERSION
 from sources import Source, SourceConfig
 
 DEFAULT_DATASET = "roneneldan/TinyStories"
@@ -37,7 +42,7 @@ PIECE_CHARS = 1 << 20  # long documents are tokenized in pieces of about this ma
 class PrepareConfig:
     """Tokenize text into shards for train.py: TinyStories by default, or --input files, or --dataset NAME
     (repeat --dataset / --input to mix several sources)."""
-    name: str = ""  # output folder data/<name>/ (default: from the first source, e.g. tinystories)
+    name: str = ""  # output folder data/<name>/, one folder name (default: from the first source, e.g. tinystories)
     tokenizer: str = "gpt2"  # gpt2 (GPT-2 BPE through tiktoken), char (one id per character seen), or bpe (trained here)
     vocab_size: int = 8192  # vocabulary of a trained bpe tokenizer
     val_fraction: Optional[float] = None  # for sources without a validation split: the last fraction of the text held out (default 0.1)
@@ -304,13 +309,30 @@ def check_options(cfg, specs):
         raise UserError(f"--tokenizer {cfg.tokenizer!r}: expected gpt2, char or bpe")
     if cfg.val_fraction is not None and not 0 <= cfg.val_fraction < 1:
         raise UserError(f"--val_fraction {cfg.val_fraction}: expected a number in [0, 1)")
-    if cfg.shard_tokens < 1 or cfg.max_tokens < 0:
-        raise UserError("--shard_tokens must be at least 1 and --max_tokens at least 0")
+    for key, low in (("shard_tokens", 1), ("max_tokens", 0), ("num_proc", 0), ("seed", 0)):
+        if getattr(cfg, key) < low:
+            raise UserError(f"--{key} {getattr(cfg, key)}: must be at least {low}"
+                            + (" (0: one process per core)" if key == "num_proc" else ""))
+    if cfg.tokenizer == "bpe" and not 258 <= cfg.vocab_size <= 2**31:
+        raise UserError(f"--vocab_size {cfg.vocab_size}: a byte-level BPE needs at least 258 ids "
+                        f"(256 bytes + 1 merge + end-of-text)")
+    if not cfg.data_root or (os.path.exists(cfg.data_root) and not os.path.isdir(cfg.data_root)):
+        raise UserError(f"--data_root {cfg.data_root!r} is not a folder: name the folder that holds prepared "
+                        f"datasets (default: data)")
     weighted = [s.weight is not None for s in specs]
     if any(weighted) and not all(weighted):
         raise UserError("give a --weight to every source or to none")
-    if any(s.weight is not None and s.weight <= 0 for s in specs):
-        raise UserError("--weight must be positive")
+    for s in specs:
+        if s.weight is not None and not (math.isfinite(s.weight) and s.weight > 0):
+            raise UserError(f"--weight {s.weight} of {s.dataset or ' '.join(s.input)}: must be a positive, finite number")
+
+
+def check_name(name, given):
+    """A dataset name is one plain folder name, so prepare.py writes only inside data_root."""
+    if not name.strip() or name != name.strip() or name.startswith(".") or re.search(r"[/\\\x00-\x1f]", name):
+        where = "--name" if given else "the name taken from the first source"
+        raise UserError(f"{where} {name!r}: a dataset name is one folder name inside --data_root, not empty, "
+                        f"without slashes, not starting with a dot (e.g. --name mydata)")
 
 
 def default_name(cfg, sources):
@@ -325,9 +347,20 @@ def prepare(cfg, specs=None):
     check_options(cfg, specs)
     sources = [Source(s, cfg.streaming, cfg.val_fraction) for s in specs]
     name = cfg.name or default_name(cfg, sources)
+    check_name(name, given=bool(cfg.name))
     out_dir = os.path.join(cfg.data_root, name)
-    if os.path.isfile(os.path.join(out_dir, "meta.json")) and not cfg.overwrite:
-        raise UserError(f"{out_dir} is already prepared; pass --overwrite to replace it, or --name to choose another")
+    with writing(cfg.data_root, name) as (work, old, folder):
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise UserError(f"{out_dir} exists and is not a folder: move it, or choose another --name")
+        if os.path.isfile(os.path.join(out_dir, "meta.json")) and not cfg.overwrite:
+            raise UserError(f"{out_dir} is already prepared; pass --overwrite to replace it, or --name to choose another")
+        meta = build(cfg, specs, sources, name, work)
+        publish(work, old, folder, meta)
+    return meta
+
+
+def build(cfg, specs, sources, name, work):
+    """Tokenize the sources into shards in the folder work; returns the dataset's meta.json."""
     weights = None
     if specs[0].weight is not None:
         weights = [s.weight / sum(x.weight for x in specs) for s in specs]
@@ -336,9 +369,6 @@ def prepare(cfg, specs=None):
     tokenizer = build_tokenizer(cfg, sources)
     meta_tok = tokenizer.meta()
     num_proc = cfg.num_proc or os.cpu_count() or 1
-    work = os.path.join(cfg.data_root, f".{name}.partial")  # a killed run leaves only this behind
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
     stats = Stats()
     parts = {"train": [], "val": []}
     from tqdm import tqdm
@@ -387,24 +417,111 @@ def prepare(cfg, specs=None):
         "invalid_utf8_replaced": sum(sum(s.bad_utf8.values()) for s in sources),
         "seconds": round(time.time() - t0, 2),
     }
-    publish(work, out_dir, meta)
     return meta
 
 
-def publish(work, out_dir, meta):
-    """Move the finished shards into out_dir and write meta.json last. Other files in out_dir (a user's
-    raw text, say) are left alone; old shards go only now that the new ones are complete."""
-    os.makedirs(out_dir, exist_ok=True)
-    old_meta = os.path.join(out_dir, "meta.json")
-    if os.path.exists(old_meta):
-        os.remove(old_meta)  # from here until the new meta.json, the folder reads as incomplete
-    for split in ("train", "val"):
-        for path in shard_paths(out_dir, split):
-            os.remove(path)
-    for f in sorted(os.listdir(work)):
-        os.replace(os.path.join(work, f), os.path.join(out_dir, f))
-    write_meta(out_dir, meta)
-    os.rmdir(work)
+# ---------------------------------------------------------------------------
+# publishing: build in data/.<name>.partial/, then rename; one prepare per name at a time
+
+DATASET_FILE = re.compile(r"((train|val)_\d{6}\.bin|meta\.json|tokenizer\.json)(\.tmp)?")
+
+
+def publish(work, old, folder, meta):
+    """Make the finished dataset in work the one in folder, by renames: at every moment one complete
+    dataset, old or new, is on disk. meta.json goes in last, so the work folder is complete once it
+    has one. The old folder steps aside to `old` and the new one takes its name: between these two
+    renames (microseconds) the folder is absent, and a crash there is undone by the next prepare
+    (see recover). Other files in the old folder (your raw text, say) are moved into the new one."""
+    write_meta(work, meta)
+    if os.path.lexists(folder):
+        os.replace(folder, old)
+    os.replace(work, folder)
+    recover(work, old, folder)
+
+
+def recover(work, old, folder):
+    """Finish or undo what a prepare of this name left behind: the old dataset back in place if it was
+    set aside and no new one took its name, the user's files back in the folder, the work folder gone."""
+    if os.path.isdir(old) and not os.path.lexists(folder):
+        os.replace(old, folder)
+    if os.path.isdir(old):
+        for entry in os.listdir(old):
+            if not DATASET_FILE.fullmatch(entry) and not os.path.lexists(os.path.join(folder, entry)):
+                os.replace(os.path.join(old, entry), os.path.join(folder, entry))
+        shutil.rmtree(old)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def writing(data_root, name):
+    """Hold data_root/.<name>.lock, so that one prepare at a time writes this name, and give the work
+    and old folders and the dataset's folder (the target of a symlink data/<name>: all three are on
+    one disk, so renames work). Any failure, Ctrl-C included, puts the disk back as it was (the old
+    dataset whole, nothing half-written); an OSError (disk full, read-only folder) becomes one line."""
+    out_dir = os.path.join(data_root, name)
+    folder = os.path.realpath(out_dir)
+    work, old = (os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}{x}") for x in (".partial", ".old"))
+    try:
+        os.makedirs(data_root, exist_ok=True)
+        lock = take_lock(os.path.join(data_root, f".{name}.lock"), out_dir)
+    except OSError as e:
+        raise UserError(write_error(e, data_root, out_dir)) from None
+    try:
+        recover(work, old, folder)  # what a killed run left
+        os.makedirs(work)
+        yield work, old, folder
+    except BaseException as e:
+        recover(work, old, folder)
+        if isinstance(e, OSError):
+            raise UserError(write_error(e, data_root, out_dir)) from None
+        raise
+    finally:
+        release_lock(lock)
+
+
+def write_error(e, data_root, out_dir):
+    kept = f"{out_dir} is as it was" if os.path.isfile(os.path.join(out_dir, "meta.json")) else "nothing was written"
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"no space left on the disk of {data_root}: free some space or choose another --data_root ({kept})"
+    where = e.filename or data_root
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot write in {os.path.dirname(where) or '.'} ({e.strerror}): choose a --data_root "
+                f"you can write to ({kept})")
+    return f"{where}: {e.strerror or e} ({kept})"
+
+
+def take_lock(path, out_dir):
+    """An exclusive flock on path, with our pid in it; another prepare holding it is a one-line error."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            f.close()
+            raise UserError(f"another prepare.py (pid {pid}) is writing {out_dir}: wait for it to finish, "
+                            f"or choose another --name") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break  # still the file at path: not one its last holder removed
+        except FileNotFoundError:
+            pass
+        f.close()
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def release_lock(f):
+    if f is not None:
+        os.remove(f.name)  # while still holding it, so no one locks a removed file (see take_lock)
+        f.close()
 
 
 def summary(meta, out_dir):

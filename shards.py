@@ -5,8 +5,9 @@ A shard `{split}_{NNNNNN}.bin` is a 1024-byte header of little-endian int32s,
     [0] MAGIC   [1] VERSION   [2] bytes per token (2: uint16, 4: uint32)   [3] token count
     [4] the largest token id in the shard (-1 if empty), so a vocabulary check reads no tokens
 followed by the tokens. The reader checks all four against the file, so a
-truncated or foreign file is refused with a clear message. meta.json is
-written last: a directory with meta.json is complete.
+truncated or foreign file is refused with a clear message; check_tokens also
+reads a sample of the tokens. meta.json is written last: a directory with
+meta.json is complete, and read_meta refuses a damaged one in one line.
 """
 
 import glob
@@ -137,6 +138,30 @@ def open_shard(path):
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
+def check_tokens(path, vocab_size, sample=4096):
+    """Check a shard's token ids against its header and a vocabulary of vocab_size ids, cheaply: the
+    header's largest id, then `sample` tokens read in 16 blocks spread over the file (all of them
+    when the shard is no larger, or sample=None). A flipped or overwritten block is caught where
+    the sample falls; prepare.py checked every token when it wrote the shard."""
+    _, count, top = read_header(path)
+    if top >= vocab_size:
+        raise UserError(f"{path} holds token id {top}, but the vocabulary has {vocab_size} ids: the data and "
+                        f"the model use different tokenizers; re-run prepare.py or choose the matching dataset")
+    tokens = open_shard(path)
+    if sample is None or count <= sample:
+        blocks = [(0, count)]
+    else:
+        size = max(1, sample // 16)
+        blocks = [(int(s), int(s) + size) for s in np.linspace(0, count - size, 16)]
+    for a, b in blocks:
+        chunk = np.asarray(tokens[a:b])
+        if len(chunk) and int(chunk.max()) > top:
+            i = a + int(np.argmax(chunk > top))
+            raise UserError(f"{path} is corrupt: token {i:,} is id {int(tokens[i])}, above the largest id its header "
+                            f"records ({top}), so its data is damaged; re-run prepare.py")
+    return count
+
+
 def shard_paths(data_dir, split):
     return sorted(glob.glob(os.path.join(data_dir, f"{split}_[0-9][0-9][0-9][0-9][0-9][0-9].bin")))
 
@@ -147,13 +172,47 @@ def write_meta(data_dir, meta):
 
 
 def read_meta(data_dir):
+    """The dataset's meta.json, checked: a damaged or foreign one is a one-line error, not a traceback."""
     path = os.path.join(data_dir, "meta.json")
+    name = os.path.basename(os.path.normpath(data_dir))
     if not os.path.isdir(data_dir):
-        name = os.path.basename(os.path.normpath(data_dir))
         how = "python prepare.py" if name == "tinystories" else f"python prepare.py --input YOUR_FILES --name {name}"
         raise UserError(f"dataset folder {data_dir} not found: prepare it first ({how})")
     if not os.path.isfile(path):
         raise UserError(f"{data_dir} has no meta.json, so it is not a complete prepared dataset: "
                         f"run prepare.py (again) to create it")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    again = f"prepare the dataset again (prepare.py ... --name {name} --overwrite)"
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError: a truncated or overwritten file
+        raise UserError(f"{path} is damaged ({str(e).splitlines()[0][:100]}): {again}") from None
+    problem = meta_problem(meta)
+    if problem:
+        raise UserError(f"{path} {problem}: {again}")
+    return meta
+
+
+def meta_problem(meta):
+    """What is wrong with a parsed meta.json, or None: the keys train.py, eval.py and sample.py rely on."""
+    if not isinstance(meta, dict):
+        return f"holds a JSON {type(meta).__name__}, not an object"
+    if meta.get("format_version", VERSION) != VERSION:  # tools may write a minimal meta.json without one
+        return f"has format_version {meta['format_version']!r}, this code reads {VERSION}"
+    t = meta.get("tokenizer")
+    need = {"gpt2": "encoding", "char": "chars", "bpe": "json"}  # other kinds (bench.py's random ids) train
+    if not isinstance(t, dict) or not isinstance(t.get("kind"), str) or need.get(t["kind"], "kind") not in t:
+        return "has no valid 'tokenizer' entry (a kind, and a gpt2's encoding, a char's chars or a bpe's json)"
+    if not (_is_int(t.get("vocab_size")) and _is_int(t.get("eot_id")) and 0 <= t["eot_id"] < t["vocab_size"]):
+        return "has a 'tokenizer' entry without a valid vocab_size and eot_id"
+    counts = meta.get("counts")
+    if not (isinstance(counts, dict) and all(isinstance(counts.get(s), dict) and _is_int(counts[s].get("tokens"))
+                                             for s in ("train", "val"))):
+        return "has no valid 'counts' entry (train and val token counts)"
+    return None
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)

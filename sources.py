@@ -102,27 +102,38 @@ class Source:
     # -- documents --------------------------------------------------------------------------
 
     def _local_documents(self):
-        column = self.spec.text_column
         for path in self.files:
-            if not path.endswith(".jsonl"):  # one document, so it is read whole
-                text, self.bad_utf8[path] = decode_utf8(open(path, "rb").read())
-                yield text
-                continue
-            self.bad_utf8[path] = 0
-            with open(path, "rb") as f:  # line by line: memory does not grow with the file
-                for n, raw in enumerate(f, 1):
-                    line, bad = decode_utf8(raw)
-                    self.bad_utf8[path] += bad
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                    if not isinstance(record, dict) or column not in record:
-                        keys = list(record) if isinstance(record, dict) else type(record).__name__
-                        raise UserError(f"{path}:{n}: no field '{column}' (found {keys}); choose one with --text_column")
-                    yield str(record[column])
+            try:
+                yield from self._file_documents(path)
+            except OSError as e:  # unreadable, or gone since the glob found it
+                raise UserError(f"cannot read --input {path}: {e.strerror or e}") from None
+
+    def _file_documents(self, path):
+        column = self.spec.text_column
+        if not path.endswith(".jsonl"):  # one document, so it is read whole
+            with open(path, "rb") as f:
+                raw = f.read()
+            if b"\0" in raw[:8000]:  # git's test for binary: text has no NUL bytes
+                raise UserError(f"--input {path} is not text (it has NUL bytes): give UTF-8 text files "
+                                f"(.txt) or .jsonl (UTF-16 text: convert it to UTF-8)")
+            text, self.bad_utf8[path] = decode_utf8(raw)
+            yield text
+            return
+        self.bad_utf8[path] = 0
+        with open(path, "rb") as f:  # line by line: memory does not grow with the file
+            for n, raw in enumerate(f, 1):
+                line, bad = decode_utf8(raw)
+                self.bad_utf8[path] += bad
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict) or column not in record:
+                    keys = list(record) if isinstance(record, dict) else type(record).__name__
+                    raise UserError(f"{path}:{n}: no field '{column}' (found {keys}); choose one with --text_column")
+                yield str(record[column])
 
     def _hub_documents(self):
         """{'train': documents, 'val': documents or None} from the Hub (or the local datasets cache)."""

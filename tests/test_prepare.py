@@ -176,3 +176,99 @@ def test_default_source_uses_the_hub_dataset_and_its_validation_split(tmp_path, 
     with pytest.raises(UserError, match=r"no column 'story' \(columns: \['text'\]\)"):
         prepare(PrepareConfig(data_root=str(tmp_path), name="x", num_proc=1),
                 [SourceConfig(dataset="roneneldan/TinyStories", text_column="story")])
+
+
+def test_overwrite_keeps_your_files_in_the_folder_even_an_input_there(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "input.txt").write_text("first version " * 50)  # nanoGPT's layout: the raw text in the dataset's folder
+    (d / "notes").mkdir()
+    (d / "notes" / "todo.md").write_text("mine")
+    run_prepare(tmp_path, [d / "input.txt"], name="d", tokenizer="char")
+    (d / "input.txt").write_text("second " * 10)
+    meta = run_prepare(tmp_path, [d / "input.txt"], name="d", tokenizer="char", overwrite=True)
+    assert meta["counts"]["train"]["tokens"] + meta["counts"]["val"]["tokens"] == 71
+    assert (d / "input.txt").read_text() == "second " * 10 and (d / "notes" / "todo.md").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["d"]  # no work folder, old folder or lock left
+
+
+def test_a_crash_between_the_two_renames_leaves_the_old_dataset_and_the_next_run_restores_it(tmp_path, monkeypatch):
+    a = tmp_path / "a.txt"
+    a.write_text("old text " * 100)
+    run_prepare(tmp_path / "data", [a], name="d", tokenizer="char")
+    d = tmp_path / "data" / "d"
+    (d / "mine.txt").write_text("mine")
+    before = {p: open(os.path.join(d, p), "rb").read() for p in sorted(os.listdir(d))}
+    real = os.replace
+
+    def replace(src, dst):  # Ctrl-C just after the old folder stepped aside
+        if str(src).endswith(".d.partial"):
+            raise KeyboardInterrupt
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(tmp_path / "data", [a], name="d", tokenizer="gpt2", overwrite=True)
+    monkeypatch.setattr(os, "replace", real)
+    assert {p: open(os.path.join(d, p), "rb").read() for p in sorted(os.listdir(d))} == before
+    assert sorted(os.listdir(tmp_path / "data")) == ["d"]
+    # a SIGKILL at that moment leaves the old dataset aside (and the new one unpublished) instead:
+    real(d, tmp_path / "data" / ".d.old")
+    (tmp_path / "data" / ".d.partial").mkdir()
+    with pytest.raises(UserError, match="data/d has no meta.json|dataset folder .*data/d not found"):
+        read_meta(str(d))
+    with pytest.raises(UserError, match="already prepared"):  # the next prepare puts it back first
+        run_prepare(tmp_path / "data", [a], name="d", tokenizer="char")
+    assert {p: open(os.path.join(d, p), "rb").read() for p in sorted(os.listdir(d))} == before
+    assert sorted(os.listdir(tmp_path / "data")) == ["d"]
+
+
+def test_a_crash_after_publishing_finishes_moving_your_files_on_the_next_run(tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("some text " * 100)
+    root = tmp_path / "data"
+    run_prepare(root, [a], name="d", tokenizer="char")
+    run_prepare(root, [a], name="d2", tokenizer="char")
+    os.rename(root / "d", root / ".d.old")  # the state a kill leaves just after the second rename:
+    os.rename(root / "d2", root / "d")      # the new dataset published, your file still in the old folder
+    (root / ".d.old" / "mine.txt").write_text("mine")
+    with pytest.raises(UserError, match="already prepared"):
+        run_prepare(root, [a], name="d", tokenizer="char")
+    assert (root / "d" / "mine.txt").read_text() == "mine" and sorted(os.listdir(root)) == ["d"]
+
+
+def test_a_symlinked_dataset_folder_is_replaced_where_it_points(tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("some text " * 100)
+    (tmp_path / "big").mkdir()
+    (tmp_path / "data").mkdir()
+    os.symlink(tmp_path / "big" / "d", tmp_path / "data" / "d")  # data on another disk
+    (tmp_path / "big" / "d").mkdir()
+    run_prepare(tmp_path / "data", [a], name="d", tokenizer="char")
+    meta = run_prepare(tmp_path / "data", [a], name="d", tokenizer="gpt2", overwrite=True)
+    assert os.path.islink(tmp_path / "data" / "d") and read_meta(str(tmp_path / "big" / "d")) == meta
+    assert sorted(os.listdir(tmp_path / "big")) == ["d"]
+
+
+def test_check_tokens_reads_a_sample_and_catches_damaged_data(tmp_path):
+    from shards import HEADER_BYTES, check_tokens
+    p = str(tmp_path / "train_000000.bin")
+    n = 200_000
+    write_shard(p, np.arange(n) % 50, vocab_size=50)
+    assert check_tokens(p, 50) == n
+    with pytest.raises(UserError, match="train_000000.bin holds token id 49, but the vocabulary has 40 ids"):
+        check_tokens(p, 40)  # another tokenizer's data: the header tells
+    data = bytearray(open(p, "rb").read())
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # a damaged tenth of the file, anywhere: the sample's 16 blocks cannot all miss it
+        start = int(rng.integers(0, n - n // 10))
+        bad = bytearray(data)
+        bad[HEADER_BYTES + 2 * start:HEADER_BYTES + 2 * (start + n // 10)] = b"\xff" * (2 * (n // 10))
+        open(p, "wb").write(bad)
+        with pytest.raises(UserError, match=r"train_000000.bin is corrupt: token [\d,]+ is id 65535, above the "
+                                            r"largest id its header records \(49\)"):
+            check_tokens(p, 50)
+    bad = bytearray(data)
+    bad[HEADER_BYTES + 2 * 12345:HEADER_BYTES + 2 * 12346] = b"\xff\xff"  # one token: only a full read finds it
+    open(p, "wb").write(bad)
+    with pytest.raises(UserError, match="token 12,345 is id 65535"):
+        check_tokens(p, 50, sample=None)
