@@ -33,7 +33,7 @@ from dataloader import DataLoader, dataset_dir
 from metrics import Metrics
 import model
 from model import GPT, GPTConfig, estimate_mfu
-from shards import read_header, read_meta, shard_paths
+from shards import check_tokens, read_header, read_meta, shard_paths
 
 
 @dataclass
@@ -475,6 +475,7 @@ class Trainer:
                 if top >= vocab:
                     raise UserError(f"{path} holds token id {top}, but the model's vocabulary has {vocab} ids: "
                                     f"the data and the model use different tokenizers; re-run prepare.py")
+                check_tokens(path, vocab)  # and a sample of the data itself against the header: damage shows
         if cfg.block_size > gpt_config.block_size:
             raise UserError(f"block_size={cfg.block_size} is longer than the model's position table "
                             f"({gpt_config.block_size})")

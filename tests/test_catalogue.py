@@ -124,6 +124,8 @@ CASES = {
     "empty mix": ("train", lambda c: ([*train_args(c.data, c.tmp / "o"), "--dataset={}"], ["dataset={}"])),
     "missing dataset": ("train", lambda c: ([*train_args(c.data, c.tmp / "o"), "--dataset=nope"],
                                             ["nope", "prepare.py"])),
+    "a shard with ids above its header's": ("train", lambda c: (
+        train_args(c.data_with_a_bad_shard(), c.tmp / "o"), ["train_000000.bin", "above the largest id"])),
     "a model too big for memory": ("train", lambda c: (
         [*train_args(c.data, c.tmp / "o"), "--n_layer=96", "--n_head=96", "--n_embd=12288"], ["out of memory"])),
     # out_dir: one run each, nothing overwritten
@@ -215,6 +217,18 @@ class Context:
         d = copy_run(self.run, self.tmp)
         damaged(d / "ckpt.pt")
         return d
+
+    def data_with_a_bad_shard(self):
+        """A copy of tiny_char whose train shard has a run of ids past its header's largest."""
+        import numpy as np
+        from shards import HEADER_BYTES
+        root = self.tmp / "data"
+        shutil.copytree(os.path.join(self.data, "tiny_char"), root / "tiny_char")
+        path = root / "tiny_char" / "train_000000.bin"
+        tokens = np.memmap(path, dtype=np.uint16, mode="r+", offset=HEADER_BYTES)
+        tokens[len(tokens) // 2:len(tokens) // 2 + 2000] = 60000
+        tokens.flush()
+        return root
 
     def pickled_run(self):
         d = self.tmp / "pickled"
