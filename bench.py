@@ -3,6 +3,7 @@ Measured speed: one subcommand per thing measured, each with its own options (--
 Every subcommand prints a readable line to stderr and one JSON line to stdout.
 
     python bench.py train config/tinystories_124m.py --batch_size=16   # training step: tokens/s, MFU, memory
+    python bench.py gpu --out=$OUT            # the whole GPU sweep (< 9 minutes on one H100); --quick: a toy shape
     python bench.py sample                    # generation: KV cache vs full recomputation, GPT-2 124M shape
     python bench.py prepare --megabytes=100   # tokenization: 1 vs 2 workers vs a plain tiktoken loop; peak RSS
     python bench.py sample --n_layer=4 --prompt_tokens=64 --new_tokens=32 --repeats=5   # a quick look
@@ -95,62 +96,237 @@ def bench_sample(cfg):
 # ---------------------------------------------------------------------------------------------
 # train: the real training step, on random tokens
 
+SDPA_BACKENDS = {"flash": "flash", "cudnn": "cudnn", "efficient": "mem_efficient", "math": "math"}  # ours: torch's
+
+
+def use_sdpa(choice):
+    """Allow only one scaled_dot_product_attention kernel (torch's global switches, which torch.compile
+    also obeys); "auto" leaves torch to choose."""
+    if choice == "auto":
+        return
+    if choice not in SDPA_BACKENDS:
+        raise UserError(f"sdpa={choice!r}: expected auto, {', '.join(SDPA_BACKENDS)}")
+    for name in SDPA_BACKENDS.values():
+        getattr(torch.backends.cuda, f"enable_{name}_sdp")(name == SDPA_BACKENDS[choice])
+
+
+def sdpa_kernel(model, batch_size, device, dtype):
+    """The attention kernel torch picks for this model's training shapes: FLASH_ATTENTION, CUDNN_ATTENTION,
+    EFFICIENT_ATTENTION or MATH (its dispatcher's own choice, asked directly); None if it cannot say."""
+    from torch.nn.attention import SDPBackend
+    c = model.config
+    q = torch.randn(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, device=device, dtype=dtype,
+                    requires_grad=True)
+    try:
+        return SDPBackend(torch._fused_sdp_choice(q, q, q, dropout_p=c.dropout, is_causal=True)).name
+    except Exception:  # a private function: it may change or go
+        return None
+
+
+def device_info(device):
+    """What the figures were measured on: the GPU and the software under it, or the CPU."""
+    import platform
+    info = {"torch": torch.__version__}
+    if device.startswith("cuda"):
+        p = torch.cuda.get_device_properties(device)
+        info.update(gpu=p.name, sm_count=p.multi_processor_count, capability=f"{p.major}.{p.minor}",
+                    gpu_memory_bytes=p.total_memory, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    else:
+        info.update(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+    return info
+
+
 @dataclass
 class TrainBench:
     """Training speed of a config (any train.py keys may follow): tokens/s, MFU against the device's
-    bf16 peak, peak memory, and compile time apart from the steady state. Runs train.py's own loop
-    on random tokens, so what is timed is exactly what training does."""
+    bf16 peak, peak memory, compile time apart from the steady state, and what it ran on. Calls
+    train.py's own optimizer step on random tokens, so what is timed is exactly what training does
+    (no evals or checkpoints in between)."""
     steps: int = 20  # timed steps (after the warm-up ones); the median step is reported
     warmup_steps: int = 3  # untimed steps first (the first one includes torch.compile)
     vocab_size: int = 50257  # vocabulary of the random tokens
     tokens: int = 2_000_000  # random tokens to train on (the data loader needs some)
+    sdpa: str = "auto"  # attention kernel: auto (torch's choice), flash, cudnn, efficient or math
+
+
+def random_dataset(path, vocab_size, tokens):
+    """A prepared dataset of uniformly random tokens (train and val), for speed, not learning."""
+    import os
+    import numpy as np
+    from shards import write_meta, write_shard
+    os.makedirs(path, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        write_shard(os.path.join(path, f"{split}_000000.bin"), rng.integers(vocab_size, size=tokens), vocab_size)
+    write_meta(path, {"tokenizer": {"kind": "random", "vocab_size": vocab_size, "eot_id": vocab_size - 1},
+                      "counts": {"train": {"tokens": tokens}, "val": {"tokens": tokens}}})
 
 
 def bench_train(cfg, train_args):
     import os
     import resource
     import tempfile
-    import numpy as np
     import train as train_module
     from configurator import parse_overrides
-    from metrics import read_events
-    from shards import write_meta, write_shard
+    from torch._dynamo.utils import counters
     overrides = parse_overrides(train_module.TrainConfig, train_args, prog="bench.py train")
+    if cfg.steps < 1 or cfg.warmup_steps < 1:
+        raise UserError("steps and warmup_steps must be at least 1 (the first step compiles)")
+    use_sdpa(cfg.sdpa)
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "random")
-        os.makedirs(data)
-        rng = np.random.default_rng(0)
-        for split in ("train", "val"):
-            write_shard(os.path.join(data, f"{split}_000000.bin"), rng.integers(cfg.vocab_size, size=cfg.tokens), cfg.vocab_size)
-        write_meta(data, {"tokenizer": {"kind": "random", "vocab_size": cfg.vocab_size, "eot_id": cfg.vocab_size - 1},
-                          "counts": {"train": {"tokens": cfg.tokens}, "val": {"tokens": cfg.tokens}}})
+        random_dataset(os.path.join(tmp, "random"), cfg.vocab_size, cfg.tokens)
         steps = cfg.warmup_steps + cfg.steps
-        overrides.update(dataset=data, out_dir=os.path.join(tmp, "out"), max_iters=steps, eval_interval=10**9,
-                         eval_iters=1, log_interval=1, plot=False, sample_tokens=0, wandb_log=False,
+        overrides.update(dataset=os.path.join(tmp, "random"), out_dir=os.path.join(tmp, "out"), max_iters=steps,
+                         plot=False, sample_tokens=0, wandb_log=False,
                          lr_decay_iters=max(steps, overrides.get("lr_decay_iters", 0)))
         trainer = train_module.Trainer(train_module.TrainConfig(**overrides), overrides)
-        if trainer.device_type == "cuda":
+        cuda = trainer.device_type == "cuda"
+        if cuda:
             torch.cuda.reset_peak_memory_stats(trainer.device)
-        trainer.run()
-        events = [e for e in read_events(os.path.join(tmp, "out", "metrics.jsonl")) if "loss" in e]
-    times = [b["time"] - a["time"] for a, b in zip(events, events[1:])]  # per-step seconds (no evals between)
-    first = events[0]["time"]  # the first step, with compilation
-    step = statistics.median(times[cfg.warmup_steps - 1:])
+        trainer.fetch()
+        times = timed(trainer.step, steps, trainer.device)  # step() syncs once (the loss); timed() syncs too
+        trainer.metrics.close()
+    step = statistics.median(times[cfg.warmup_steps:])
     tok_s = trainer.tokens_per_iter / step
-    result = {"bench": "train", **asdict(cfg), "config": overrides, "device": trainer.device, "dtype": trainer.dtype,
-              "compile": trainer.use_compile, "torch": torch.__version__, "params": trainer.raw_model.get_num_params(),
-              "tokens_per_step": trainer.tokens_per_iter, "step_seconds": step, "tokens_per_sec": tok_s,
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[trainer.dtype]
+    result = {"bench": "train", **asdict(cfg), "config": overrides, **device_info(trainer.device),
+              "device": trainer.device, "dtype": trainer.dtype, "compile": trainer.use_compile,
+              "params": trainer.raw_model.get_num_params(), "vocab_rows": trainer.raw_model.lm_head.weight.shape[0],
+              "tokens_per_step": trainer.tokens_per_iter, "step_seconds": step,
+              "step_seconds_min_max": [min(times[cfg.warmup_steps:]), max(times[cfg.warmup_steps:])],
+              "tokens_per_sec": tok_s, "flops_per_token": trainer.flops_per_token,
               "mfu": estimate_mfu(trainer.flops_per_token, tok_s, trainer.device),
-              "first_step_seconds": first, "compile_seconds": max(0.0, first - step),
-              "peak_memory_bytes": (torch.cuda.max_memory_allocated(trainer.device) if trainer.device_type == "cuda"
+              "sdpa_kernel": sdpa_kernel(trainer.raw_model, trainer.cfg.batch_size, trainer.device,
+                                         dtype if cuda else torch.float32),
+              "first_step_seconds": times[0], "compile_seconds": max(0.0, times[0] - step) if trainer.use_compile else 0.0,
+              "graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
+              "peak_memory_bytes": (torch.cuda.max_memory_allocated(trainer.device) if cuda
                                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
-              "memory_kind": "cuda max allocated" if trainer.device_type == "cuda" else "process peak RSS"}
+              "peak_reserved_bytes": torch.cuda.max_memory_reserved(trainer.device) if cuda else None,
+              "memory_kind": "cuda max allocated" if cuda else "process peak RSS"}
     mfu = f", MFU {result['mfu'] * 100:.1f}%" if result["mfu"] is not None else ""
     print(f"train {result['params'] / 1e6:.1f}M params, {trainer.tokens_per_iter:,} tokens/step, {trainer.device} "
-          f"{trainer.dtype}{' compiled' if trainer.use_compile else ''}: {tok_s:,.0f} tokens/s (median step "
-          f"{step * 1000:.1f} ms){mfu}, first step {first:.1f} s, peak memory "
+          f"{trainer.dtype}{' compiled' if trainer.use_compile else ''}, attention {result['sdpa_kernel']}: "
+          f"{tok_s:,.0f} tokens/s (median step {step * 1000:.1f} ms){mfu}, first step {times[0]:.1f} s, peak memory "
           f"{result['peak_memory_bytes'] / 2**30:.2f} GiB ({result['memory_kind']})", file=sys.stderr)
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# gpu: the whole GPU sweep, one command, each run in a process of its own
+
+TOKENS_124M = 524_288  # GPT-2's batch: 16 x 1024 x 32
+GPT2 = ["config/tinystories_124m.py"]  # 124M, 1024 context, bf16, compiled, micro-batch 16, biases, vocab unpadded
+SMALL = ["config/tinystories.py"]  # the 17.9M default, 131,072 tokens per step
+
+
+def micro(batch, tokens=TOKENS_124M, block=1024):
+    """A micro-batch of `batch` at the same tokens per step."""
+    return [f"--batch_size={batch}", f"--gradient_accumulation_steps={tokens // (batch * block)}"]
+
+
+# (name, bench.py train arguments), most important first: a sweep that runs out of time loses the tail
+GPU_SWEEP = [
+    ("124m", GPT2 + ["--pad_vocab_to=1"]),  # the shipped config as it was
+    ("124m-pad", GPT2),  # + vocabulary padded to 50,304 (train.py's default)
+    ("124m-pad-mb32", GPT2 + micro(32)),
+    ("124m-pad-mb64", GPT2 + micro(64)),
+    ("124m-pad-flash", GPT2 + ["--sdpa=flash"]),
+    ("124m-pad-cudnn", GPT2 + ["--sdpa=cudnn"]),
+    ("124m-pad-nobias", GPT2 + ["--bias=False"]),
+    ("124m-pad-eager", GPT2 + ["--compile=False"]),  # what torch.compile buys
+    ("17m-mb32", SMALL),
+    ("17m-mb64", SMALL + micro(64, 131_072)),
+    ("17m-mb128", SMALL + micro(128, 131_072)),
+]
+QUICK = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64", "--gradient_accumulation_steps=1",
+         "--vocab_size=1000", "--tokens=100000", "--steps=2"]  # the same runs at a toy shape: the plumbing
+
+
+@dataclass
+class GpuBench:
+    """The GPU sweep of docs/benchmarks.md ("GPU: how to measure"): GPT-2 124M and the 17.9M config,
+    vocabulary padding, micro-batch sizes, attention kernels, compile and biases on and off. Every run
+    is `bench.py train` in a process of its own with a timeout, so a slow compile or an out-of-memory
+    loses that run only; each writes one JSON line to OUT/runs.jsonl, and a table ends it."""
+    out: str = "out/bench_gpu"  # runs.jsonl (one JSON line per run, failures too) and a log per run go here
+    quick: bool = False  # every run at a toy shape and 2 steps: checks the plumbing (seconds on a CPU)
+    only: list[str] = field(default_factory=list)  # run only these names (see the table); empty: all
+    budget: float = 510.0  # seconds for the whole sweep (under the 9 minutes of a lease); later runs are skipped
+    timeout: float = 150.0  # seconds one run may take, compile included
+    steps: int = 4  # timed steps per run (1 warm-up step first; 10 x as many for the 17.9M runs)
+    device: str = "auto"  # passed to every run: auto, cuda, cpu
+
+
+def run_one(name, args, timeout, log_path):
+    """Run `python bench.py train ARGS` in its own process group; (result dict, or None) and an error."""
+    import os
+    import signal
+    import subprocess
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "bench.py", "train", *args], stdout=subprocess.PIPE, stderr=log,
+                                text=True, start_new_session=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # compile workers too
+            proc.communicate()
+            return None, f"timeout after {timeout:.0f} s"
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            lines = f.read().strip().splitlines()
+        return None, f"exit {proc.returncode}: {lines[-1] if lines else ''}"[:300]
+    return json.loads(out.strip().splitlines()[-1]), None
+
+
+def bench_gpu(cfg):
+    import os
+    names = [n for n, _ in GPU_SWEEP]
+    unknown = [n for n in cfg.only if n not in names]
+    if unknown:
+        raise UserError(f"only={unknown}: not in the sweep; its runs are {', '.join(names)}")
+    from train import resolve_device
+    quick = QUICK + (["--compile=False"] if resolve_device(cfg.device) == "cpu" else [])  # inductor on a CPU: minutes
+    os.makedirs(cfg.out, exist_ok=True)
+    path = os.path.join(cfg.out, "runs.jsonl")
+    t0, rows = time.time(), []
+    for name, args in GPU_SWEEP:
+        if cfg.only and name not in cfg.only:
+            continue
+        steps = cfg.steps * (10 if name.startswith("17m") else 1)
+        args = args + [f"--device={cfg.device}", f"--steps={steps}", "--warmup_steps=1",
+                       f"--tokens={max(2_000_000, 2 * (steps + 1) * TOKENS_124M)}"] + (quick if cfg.quick else [])
+        left = cfg.budget - (time.time() - t0)
+        row = {"name": name, "args": args}
+        if left < min(30.0, cfg.timeout):
+            row["error"] = f"skipped: {left:.0f} s left of the {cfg.budget:.0f} s budget"
+        else:
+            t = time.time()
+            result, error = run_one(name, args, min(cfg.timeout, left), os.path.join(cfg.out, f"{name}.log"))
+            row.update(wall_seconds=round(time.time() - t, 1), **(result or {}), **({"error": error} if error else {}))
+        rows.append(row)
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(gpu_table_line(row), file=sys.stderr, flush=True)
+    print(gpu_table(rows), file=sys.stderr)
+    return {"bench": "gpu", "out": path, "runs": [{k: r.get(k) for k in ("name", "tokens_per_sec", "mfu", "error")}
+                                                  for r in rows]}
+
+
+def gpu_table_line(r):
+    if "error" in r:
+        return f"{r['name']:<16} {r['error']}"
+    mfu = f"{r['mfu'] * 100:5.1f}%" if r.get("mfu") is not None else "    - "
+    return (f"{r['name']:<16} {r['tokens_per_sec']:>12,.0f} {mfu} {r['step_seconds'] * 1000:>9.1f} "
+            f"{r['compile_seconds']:>8.1f} {r['peak_memory_bytes'] / 2**30:>8.2f} {str(r['sdpa_kernel']):<20} "
+            f"{r['wall_seconds']:>6.0f}")
+
+
+def gpu_table(rows):
+    head = (f"{'run':<16} {'tokens/s':>12} {'MFU':>6} {'step ms':>9} {'compile':>8} {'peak GiB':>8} "
+            f"{'attention':<20} {'wall s':>6}")
+    device = next((r.get("gpu") or r.get("cpu") for r in rows if "error" not in r), "?")
+    return "\n".join([f"device: {device}", head] + [gpu_table_line(r) for r in rows])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +560,7 @@ def summarize_recipes(rows, cfg):
     return {"bench": "recipes", "recipe": cfg.recipe, "equal_time": t_eq, "target": cfg.target, "table": table}
 
 
-COMMANDS = {"train": (TrainBench, bench_train), "sample": (SampleBench, bench_sample),
+COMMANDS = {"train": (TrainBench, bench_train), "gpu": (GpuBench, bench_gpu), "sample": (SampleBench, bench_sample),
             "prepare": (PrepareBench, bench_prepare), "recipes": (RecipesBench, bench_recipes)}
 
 

@@ -1,11 +1,13 @@
 """
 Hugging Face interop: our GPT as a transformers GPT2LMHeadModel directory, and back.
 
-The two are the same network, so converting is renaming plus three details:
+The two are the same network, so converting is renaming plus four details:
   - HF's GPT-2 uses Conv1D layers, whose weights are the transpose of nn.Linear's;
   - HF's GPT-2 always has biases: a model trained with bias=False exports zeros, which is exact;
   - the GELU: ours is exact by default (HF's "gelu"); OpenAI's GPT-2 weights were trained with the
-    tanh approximation (HF's "gelu_new"), which imports as GPTConfig.gelu_approx="tanh".
+    tanh approximation (HF's "gelu_new"), which imports as GPTConfig.gelu_approx="tanh";
+  - vocabulary padding (GPTConfig.pad_vocab_to): its zero rows are cut off on export and put back
+    on import (nanogpt.json records the padding).
 
 An exported directory holds config.json and model.safetensors (what from_pretrained reads), the
 GPT-2 tokenizer's vocab.json and merges.txt (rebuilt offline from tiktoken's ranks), nanogpt.json
@@ -22,9 +24,10 @@ from dataclasses import asdict, replace
 import torch
 
 from configurator import UserError
-from model import GPT, GPTConfig, state_dict_mismatch
+from model import GPT, GPTConfig, padded_vocab_size, state_dict_mismatch
 from tokenizer import EOT_TEXT, GPT2Tokenizer, bytes_to_unicode, same_tokenizer
 
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")  # one row per token id
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GELU = {"none": "gelu", "tanh": "gelu_new"}  # ours -> HF's activation_function
 HF_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}  # and back
@@ -47,13 +50,22 @@ def _shapes(model_args):
         return GPT(GPTConfig(**model_args)).state_dict()
 
 
+def fit_rows(w, rows):
+    """A token table or head cut, or padded with zero rows, to `rows` rows (vocabulary padding)."""
+    if len(w) >= rows:
+        return w[:rows]
+    return torch.cat([w, w.new_zeros(rows - len(w), *w.shape[1:])])
+
+
 def to_hf(state, model_args):
     """Our state dict -> GPT2LMHeadModel's (a tied lm_head is left out: HF ties it to wte on load)."""
     out = {}
-    for name, like in _shapes({**model_args, "bias": True}).items():
+    for name, like in _shapes({**model_args, "bias": True, "pad_vocab_to": 1}).items():
         if name == "lm_head.weight" and model_args.get("tie_embeddings", True):
             continue
         w = state[name] if name in state else torch.zeros(like.shape)  # a model without biases: zero biases
+        if name in VOCAB_ROWS:
+            w = fit_rows(w, like.shape[0])  # the real vocabulary only
         out[name] = (w.t() if name.endswith(CONV1D) else w).contiguous()
     return out
 
@@ -61,9 +73,11 @@ def to_hf(state, model_args):
 def from_hf(hf_state, model_args):
     """GPT2LMHeadModel's state dict (as normalized by read_hf_weights) -> ours."""
     out = {}
-    for name in _shapes(model_args):
+    for name, like in _shapes(model_args).items():
         tied = name == "lm_head.weight" and model_args.get("tie_embeddings", True)
         w = hf_state["transformer.wte.weight" if tied else name]
+        if name in VOCAB_ROWS:
+            w = fit_rows(w, like.shape[0])  # padded again, if model_args say so
         out[name] = w.t().contiguous() if name.endswith(CONV1D) else w
     return out
 
@@ -139,6 +153,7 @@ def load_hf_gpt2(path):
     biases = [v for k, v in hf_state.items() if k.endswith(".bias")]
     if ours.get("bias") is False and not any(bool(b.any()) for b in biases):
         model_args["bias"] = False  # exported from a model without biases: import it as it was
+    model_args["pad_vocab_to"] = ours.get("pad_vocab_to", 1)  # and with its vocabulary padding
     return model_args, from_hf(hf_state, model_args), ours.get("tokenizer") or _hf_tokenizer_meta(path)
 
 
@@ -172,7 +187,9 @@ def init_from_hf(path, cfg, overrides, data_tokenizer):
                         f"({model_args['block_size']} positions)")
     block_size = min(cfg.block_size, model_args["block_size"])
     state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:block_size]
-    model_args.update(block_size=block_size, dropout=cfg.dropout)
+    model_args.update(block_size=block_size, dropout=cfg.dropout, pad_vocab_to=cfg.pad_vocab_to)
+    rows = padded_vocab_size(GPTConfig(**model_args))
+    state.update({name: fit_rows(state[name], rows) for name in VOCAB_ROWS if name in state})
     cfg = replace(cfg, **{k: model_args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias")})
     return cfg, model_args, state
 
@@ -251,7 +268,8 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
     eot = tokenizer_meta["eot_id"]
     special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
     files = {"config.json": hf_config(model_args, eot),
-             SIDECAR: {"tokenizer": tokenizer_meta, "bias": model_args["bias"], "source": source},
+             SIDECAR: {"tokenizer": tokenizer_meta, "bias": model_args["bias"],
+                       "pad_vocab_to": model_args["pad_vocab_to"], "source": source},
              "README.md": export_readme(model_args, tokenizer_meta, source, model.get_num_params())}
     if kind == "gpt2":
         vocab, merges = gpt2_vocab_and_merges()

@@ -28,7 +28,10 @@ from torch.nn import functional as F
 @dataclass
 class GPTConfig:
     block_size: int = 1024   # context length: the size of the position table
-    vocab_size: int = 50257  # GPT-2's 50,256 BPE merges + <|endoftext|>
+    vocab_size: int = 50257  # GPT-2's 50,256 BPE merges + <|endoftext|>: the ids the tokenizer has
+    # the token table and the head get rows up to a multiple of this (64: 50,304 for GPT-2, shapes GPU
+    # matmul kernels like); the extra ids stay zero, are never predicted and never in the loss. 1: off
+    pad_vocab_to: int = 1
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -219,8 +222,15 @@ def check_config(config):
         raise ValueError(f"mlp={config.mlp!r}: expected gelu, relu2 or swiglu")
     if config.rope and (config.n_embd // config.n_head) % 2:
         raise ValueError(f"rope needs an even head size, not {config.n_embd // config.n_head}")
+    if config.pad_vocab_to < 1:
+        raise ValueError(f"pad_vocab_to={config.pad_vocab_to}: must be at least 1 (1 is no padding)")
     if config.logit_softcap < 0:
         raise ValueError(f"logit_softcap={config.logit_softcap}: must be >= 0 (0 is off)")
+
+
+def padded_vocab_size(config):
+    """Rows of the token table and the head: vocab_size rounded up to a multiple of pad_vocab_to."""
+    return math.ceil(config.vocab_size / config.pad_vocab_to) * config.pad_vocab_to
 
 
 class GPT(nn.Module):
@@ -229,9 +239,10 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         check_config(config)
+        rows = padded_vocab_size(config)
         # (built in GPT-2's order, so the random init of a classic model is the same as it always was)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(rows, config.n_embd),
             **({} if config.rope else {"wpe": nn.Embedding(config.block_size, config.n_embd)}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
@@ -239,7 +250,7 @@ class GPT(nn.Module):
         ))
         if config.rope:
             self.rotary = Rotary(config.n_embd // config.n_head, config.block_size)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, rows, bias=False)
         if config.tie_embeddings:
             # weight tying: the input embedding and the output projection are one matrix, as in GPT-2
             # (https://arxiv.org/abs/1608.05859); it saves vocab_size * n_embd parameters
@@ -255,6 +266,9 @@ class GPT(nn.Module):
                     torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         if config.zero_init and not config.tie_embeddings:
             torch.nn.init.zeros_(self.lm_head.weight)  # uniform predictions at the start
+        with torch.no_grad():  # padding rows: zero, and they stay zero (no token looks them up, no gradient
+            self.transformer.wte.weight[config.vocab_size:] = 0  # reaches them), so export can drop them
+            self.lm_head.weight[config.vocab_size:] = 0
         self.gradient_checkpointing = False  # a training choice, not part of the model: set by train.py
 
     def _init_weights(self, module):
@@ -276,17 +290,22 @@ class GPT(nn.Module):
                 n -= self.transformer.wte.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, return_logits=True):
         """Logits (B, T, vocab) and the mean cross-entropy if targets are given; without targets only
-        the last position's logits (B, 1, vocab), which is all generation needs."""
+        the last position's logits (B, 1, vocab), which is all generation needs. return_logits=False
+        gives (None, loss): training needs only the loss, and a (B, T, vocab) tensor held by the caller
+        would stay alive through the next forward (1.6 GB for GPT-2 at batch 16 in bf16)."""
         B, T = idx.size()
+        # T is a Python int: without a cache this check costs no device sync and no torch.compile graph break
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} positions is longer than block_size {self.config.block_size}")
         if cache is None:
             pos = torch.arange(T, device=idx.device)
         else:
             pos = cache.positions(T)
-        if T > self.config.block_size or int(pos.max()) >= self.config.block_size:
-            raise ValueError(f"sequence of {int(pos.max()) + 1} positions is longer than block_size "
-                             f"{self.config.block_size}")
+            if int(pos.max()) >= self.config.block_size:  # a sync, but generation is never compiled
+                raise ValueError(f"sequence of {int(pos.max()) + 1} positions is longer than block_size "
+                                 f"{self.config.block_size}")
         x = self.transformer.wte(idx)
         rotary = None
         if self.config.rope:
@@ -306,14 +325,16 @@ class GPT(nn.Module):
         if targets is None:
             x = x[:, [-1], :]  # generation needs only the last position (the list index keeps the time dim)
         logits = self.lm_head(x)
+        if logits.size(-1) > self.config.vocab_size:  # vocabulary padding: those ids do not exist
+            logits = logits[..., :self.config.vocab_size]
         if self.config.logit_softcap > 0:
             # soft-capping (Gemma 2, https://arxiv.org/abs/2408.00118): no logit can run away, smoothly
             c = self.config.logit_softcap
             logits = c * torch.tanh(logits / c)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return (logits if return_logits else None), loss
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw",
                              muon_lr=0.02, muon_momentum=0.95):
@@ -344,8 +365,10 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     def flops_per_token(self):
-        """Training FLOPs per token (forward + backward): 6 per parameter for the matmuls plus the
-        attention scores, as in the PaLM paper's appendix B (https://arxiv.org/abs/2204.02311)."""
+        """Training FLOPs per token (forward + backward): 6 N + 12 L C T, as in the PaLM paper's appendix B
+        (https://arxiv.org/abs/2204.02311) and nanoGPT: 6 per non-embedding parameter N for the matmuls
+        (the tied head counts, with its padding rows: the GPU multiplies them), plus the attention scores
+        and their weighted sum over the whole T x T square (causal masking's saving not subtracted)."""
         c = self.config
         return 6 * self.get_num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
 
@@ -361,7 +384,7 @@ class GPT(nn.Module):
             activations = c.n_layer * tokens * c.n_embd * dtype_bytes + per_layer
         else:
             activations = c.n_layer * per_layer
-        return 16 * self.get_num_params() + activations + 12 * tokens * c.vocab_size
+        return 16 * self.get_num_params() + activations + 12 * tokens * padded_vocab_size(c)
 
     # ---------------------------------------------------------------------------------------------
     # generation
@@ -464,19 +487,24 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 
-# dense bf16 tensor-core peaks, FLOP/s, from the vendors' datasheets (without sparsity)
+# dense bf16 tensor-core peaks, FLOP/s, from the vendors' datasheets (without sparsity). The name CUDA
+# reports decides: H100 SXM is "NVIDIA H100 80GB HBM3", the PCIe card "NVIDIA H100 PCIe" (lower clocks
+# and power: 756 against 989), NVL "NVIDIA H100 NVL"; the longest key contained in the name wins
 PEAK_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12,
+    "H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H200 NVL": 835e12,
+    "H800": 989e12, "H800 PCIe": 756e12, "GH200": 989e12,
     "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
     "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12, "MI300X": 1307e12,
 }
 
 
-def peak_flops(device):
-    """The device's bf16 peak in FLOP/s, or None when unknown (and always on CPU)."""
-    if torch.device(device).type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
+def peak_flops(device, name=None):
+    """The device's bf16 peak in FLOP/s, or None when unknown (and always on CPU). name: a GPU name as
+    torch.cuda.get_device_name gives it, instead of asking the device."""
+    if name is None:
+        if torch.device(device).type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(device)
     for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # longest first: 'L40S' before 'L4'
         if key in name:
             return PEAK_FLOPS[key]
@@ -484,6 +512,7 @@ def peak_flops(device):
 
 
 def estimate_mfu(flops_per_token, tokens_per_sec, device):
-    """Model FLOPs utilization: achieved training FLOP/s over the device's peak; None where unknown."""
+    """Model FLOPs utilization: achieved training FLOP/s over the device's dense bf16 peak; None where
+    unknown. The FLOPs are GPT.flops_per_token's (6N + 12 L C T, PaLM's formula), whatever the dtype."""
     peak = peak_flops(device)
     return None if peak is None else flops_per_token * tokens_per_sec / peak

@@ -64,6 +64,7 @@ class TrainConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # dropout probability (0 for pretraining; try 0.1+ to fine-tune or on small data)
     bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; without is a bit faster)
+    pad_vocab_to: int = 64  # give the token table and head rows up to a multiple of this (GPU-friendly shapes; 1: off)
     # modern switches (docs/recipes.md), all off: GPT-2 classic
     rope: bool = False  # rotary position embeddings instead of a learned position table
     norm: str = "layernorm"  # layernorm, or rmsnorm
@@ -106,7 +107,7 @@ class TrainConfig:
 
 SWITCHES = ("rope", "norm", "qk_norm", "mlp", "tie_embeddings", "zero_init", "logit_softcap")  # GPTConfig's too
 # the keys that make the model what it is, which a resume cannot change (zero_init only sets the first weights)
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size") + tuple(
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "pad_vocab_to") + tuple(
     k for k in SWITCHES if k != "zero_init")
 # the optimizer's hyperparameters: a resume takes them from the command line over the checkpoint's
 OPTIMIZER_KEYS = ("base_lr", "weight_decay", "betas", "momentum")
@@ -188,7 +189,7 @@ def check_config(cfg):
     if cfg.init_from not in ("scratch", "resume") and not os.path.isdir(cfg.init_from):
         raise UserError(f"init_from={cfg.init_from!r}: expected scratch, resume, or a Hugging Face GPT-2 directory")
     try:
-        model.check_config(GPTConfig(**{k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") + SWITCHES}))
+        model.check_config(GPTConfig(**{k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "pad_vocab_to") + SWITCHES}))
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.optimizer not in ("adamw", "muon"):
@@ -401,7 +402,9 @@ class Trainer:
         # model and optimizer
         self.model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                                bias=cfg.bias, vocab_size=self.meta["tokenizer"]["vocab_size"], dropout=cfg.dropout,
-                               **{k: getattr(cfg, k) for k in SWITCHES})
+                               **{k: getattr(cfg, k) for k in SWITCHES},
+                               # a checkpoint keeps its padding; older ones, written before the key, have none
+                               pad_vocab_to=cfg.pad_vocab_to if ckpt is None else ckpt["model_args"].get("pad_vocab_to", 1))
         # model args the config has no key for (gelu_approx of an imported GPT-2) come from the weights' source
         self.model_args = {**(ckpt["model_args"] if ckpt is not None else hf_args), **self.model_args}
         try:
@@ -492,10 +495,13 @@ class Trainer:
     def wrap(self, model):
         """torch.compile, then DDP or FSDP across processes; returns what the training step calls."""
         if self.fsdp:
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+            # bf16: gather the weights in 16 bits (half the traffic; the shards and the optimizer stay fp32),
+            # reduce-scatter the gradients in fp32, whose sums over many processes keep their precision
+            mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if self.dtype == "bfloat16" else MixedPrecisionPolicy()
             for block in model.transformer.h:  # each block gathers its weights only while it runs
-                fully_shard(block)
-            fully_shard(model)
+                fully_shard(block, mp_policy=mp)
+            fully_shard(model, mp_policy=mp)
         if self.use_compile:
             model = torch.compile(model)
         if self.world > 1 and not self.fsdp:
@@ -606,11 +612,13 @@ class Trainer:
             group["lr"] = group.get("base_lr", cfg.learning_rate) * (lr / cfg.learning_rate if cfg.learning_rate else 0)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.micro_steps):
-            if self.world > 1 and not self.fsdp:  # all-reduce the gradients only on the last micro-batch
-                self.model.require_backward_grad_sync = micro == self.micro_steps - 1
-            with self.ctx:
-                _, loss = self.model(self.X, self.Y)
-                loss = loss / self.micro_steps
+            if self.world > 1:  # all-reduce (DDP) or reduce-scatter (FSDP) the gradients only on the last micro-batch
+                if self.fsdp:
+                    self.raw_model.set_requires_gradient_sync(micro == self.micro_steps - 1)
+                else:
+                    self.model.require_backward_grad_sync = micro == self.micro_steps - 1
+            with self.ctx:  # the loss only: logits kept here would live on through the next forward
+                loss = self.model(self.X, self.Y, return_logits=False)[1] / self.micro_steps
             loss_sum += loss.detach()
             self.fetch()  # the next batch, while the GPU works on this one
             self.scaler.scale(loss).backward()

@@ -68,7 +68,10 @@ def test_export_loads_in_transformers_with_our_logits(runs, exported, name):
 def test_export_then_import_round_trips_exactly(runs, exported, name):
     ours = load_model(str(runs / name), "cpu")[0]
     back, tokenizer, _, info = load_model(str(exported / name), "cpu")
-    assert back.config == ours.config  # bias=False survives the zero biases HF needs
+    assert back.config == ours.config  # bias=False survives the zero biases HF needs, and the vocabulary padding
+    assert ours.config.pad_vocab_to == 64 and ours.lm_head.weight.shape[0] > ours.config.vocab_size
+    config = json.loads((exported / name / "config.json").read_text())
+    assert config["vocab_size"] == ours.config.vocab_size  # the padding rows are not exported
     a, b = ours.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert info["tokenizer"] == checkpoint.load(checkpoint.find(str(runs / name)))["tokenizer"]

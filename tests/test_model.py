@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import hf
 from model import GPT, GPTConfig, estimate_mfu, peak_flops, sample_next
 
 
@@ -98,6 +99,34 @@ def test_mfu_uses_the_device_peak(monkeypatch):
     assert estimate_mfu(1e9, 1e5, "cuda") == pytest.approx(1e14 / 989e12)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L40S")
     assert peak_flops("cuda") == 362e12  # not L4's
+    # H100 SXM and PCIe differ; the name decides
+    assert [peak_flops("cuda", name=f"NVIDIA {n}") for n in ("H100 80GB HBM3", "H100 PCIe", "H100 NVL", "H200")] == \
+        [989e12, 756e12, 835e12, 989e12]
+
+
+def test_vocab_padding_changes_shapes_not_results():
+    """pad_vocab_to gives the table and head more rows, zero and unused: the same weights give the same
+    logits and loss, the logits cover the real ids only, and training leaves the padding at zero."""
+    plain, padded = small_model(), small_model(pad_vocab_to=64)
+    assert padded.lm_head.weight.shape[0] == 128 and not padded.lm_head.weight[101:].any()
+    padded.load_state_dict({k: hf.fit_rows(v, 128) if k in hf.VOCAB_ROWS else v for k, v in plain.state_dict().items()})
+    x, y = torch.randint(101, (3, 32)), torch.randint(101, (3, 32))
+    (a, loss_a), (b, loss_b) = plain(x, y), padded(x, y)
+    assert b.shape == (3, 32, 101)
+    torch.testing.assert_close(b, a)
+    torch.testing.assert_close(loss_b, loss_a)  # ln(101) at init, not ln(128)
+    padded.train()
+    opt = padded.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
+    for _ in range(3):
+        padded(x, y, return_logits=False)[1].backward()
+        opt.step()
+        opt.zero_grad()
+    assert not padded.lm_head.weight[101:].any()
+    with torch.no_grad():  # whatever the padding rows held, no padded id is ever sampled
+        padded.lm_head.weight[101:] = 100.0
+    out = padded.generate([[1, 2, 3]], 50, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert all(0 <= t < 101 for t in out[0])
+    assert padded(x, y, return_logits=False)[0] is None
 
 
 SWITCHES = [dict(rope=True), dict(norm="rmsnorm"), dict(qk_norm=True), dict(mlp="relu2"), dict(mlp="swiglu"),
