@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import sources
 from configurator import UserError
 
 TASKS = ("hellaswag",)
@@ -79,11 +80,14 @@ def check_doc(doc, where):
 def read_hub():
     """The validation split from the Hugging Face Hub (cached by datasets after the first time)."""
     try:
+        sources.check_hub_reachable(HUB_DATASET)  # in seconds, not after datasets' retries
         import datasets
         return [dict(d) for d in datasets.load_dataset(HUB_DATASET, split="validation")]
-    except Exception as e:  # no datasets, no network, no cache: all mean "get the file yourself"
-        raise UserError(f"cannot load {HUB_DATASET} from the Hugging Face Hub ({type(e).__name__}): download "
-                        f"hellaswag_val.jsonl from {VAL_URL} and pass its path as --task_file") from None
+    except Exception as e:  # no network, no datasets, no cache: all mean "get the file yourself"
+        why = "the Hub cannot be reached" if isinstance(e, UserError) else type(e).__name__
+        raise UserError(f"cannot load {HUB_DATASET} from the Hugging Face Hub ({why}): download hellaswag_val.jsonl "
+                        f"from {VAL_URL} and pass its path as --task_file (train.py: --eval_tasks_file), or set "
+                        f"HF_HUB_OFFLINE=1 to use a copy already in your Hugging Face cache") from None
 
 
 def load_docs(task, task_file="", limit=0):

@@ -181,9 +181,16 @@ def test_mistakes_and_offline_are_one_line_errors(tmp_path, capsys, monkeypatch)
         assert_one_line_error(code, err, *fragments)
     datasets = pytest.importorskip("datasets")
 
-    def offline(*a, **k):
+    def unreachable(name):
+        raise hellaswag.UserError("cannot reach the Hugging Face Hub")
+
+    def no_network(*a, **k):
         raise ConnectionError("no network")
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(hellaswag.sources, "check_hub_reachable", unreachable)
+    code, _, err = run_main(main, ["--task", "hellaswag"], capsys)
+    assert_one_line_error(code, err, "Rowan/hellaswag", "cannot be reached", hellaswag.VAL_URL, "--task_file")
+    monkeypatch.setattr(hellaswag.sources, "check_hub_reachable", lambda name: None)
+    monkeypatch.setattr(datasets, "load_dataset", no_network)  # reachable, but the download fails
     code, _, err = run_main(main, ["--task", "hellaswag"], capsys)
     assert_one_line_error(code, err, "Rowan/hellaswag", "ConnectionError", hellaswag.VAL_URL, "--task_file")
 
