@@ -11,7 +11,7 @@ numbers compare with published ones (docs/design.md, "Downstream evaluation", ha
 Per example and ending, ll = the summed log-probability of " " + ending given the context;
   acc              argmax of ll                         (lm-eval's acc)
   acc_norm         argmax of ll / characters of ending  (lm-eval's acc_norm)
-  acc_norm_tokens  argmax of ll / tokens of ending      (llm.c's and nanochat's normalization)
+  acc_norm_tokens  argmax of ll / tokens of ending      (llm.c's normalization)
 """
 
 import json
