@@ -4,6 +4,7 @@ Score a trained model on every token of a dataset split: loss, perplexity and bi
     python eval.py --out_dir out/shakespeare_char               # its val split, as trained on
     python eval.py --out_dir out/run --split train --stride 512  # more context per token, slower
     python eval.py --out_dir gpt2-hf --dataset tinystories       # a Hugging Face GPT-2 directory
+    python eval.py --out_dir out/run --task hellaswag            # a downstream task instead (hellaswag.py)
 
 stdout is exactly one JSON line (for scripts); the readable summary goes to stderr.
 
@@ -26,6 +27,7 @@ if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() give
 import numpy as np
 import torch
 
+import hellaswag
 from configurator import UserError, parse_args, run
 from dataloader import dataset_dir
 from sample import describe, inference_device, load_model
@@ -44,6 +46,9 @@ class EvalConfig:
     batch_size: int = 8  # windows per forward pass
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     dtype: str = "auto"  # auto (bfloat16 where the GPU has it, float32 on CPU), float32, bfloat16, float16
+    task: str = ""  # score a downstream task instead of the loss: hellaswag (its validation split, as lm-evaluation-harness does)
+    task_file: str = ""  # the task's examples as a local .jsonl (HellaSwag's hellaswag_val.jsonl); empty: from the Hugging Face Hub
+    limit: int = 0  # score only the task's first this many examples (0: all)
 
 
 def windows(n, block_size, stride):
@@ -90,6 +95,8 @@ def evaluate(cfg, info=None):
     if cfg.split not in ("train", "val"):  # a name, never a pattern: '*' would score both splits as one
         raise UserError(f"split={cfg.split!r}: expected train or val")
     device, ctx = inference_device(cfg.device, cfg.dtype)
+    if cfg.task:
+        return evaluate_task(cfg, device, ctx, info)
     model, tokenizer, path, meta = load_model(cfg.out_dir, device)
     trained = meta["config"] or {}  # None for a Hugging Face directory
     dataset = cfg.dataset or trained.get("dataset")
@@ -127,6 +134,22 @@ def evaluate(cfg, info=None):
     info(f"{cfg.split}: loss {loss:.4f}, perplexity {result['perplexity']:.2f}, {bpb} bits per byte "
          f"({targets:,} tokens, {n_bytes:,} bytes)")
     return result
+
+
+def evaluate_task(cfg, device, ctx, info):
+    """Score the model on a downstream task (hellaswag.py); returns the result dict."""
+    docs = hellaswag.load_docs(cfg.task, cfg.task_file, cfg.limit)  # first: a missing file fails before the model loads
+    model, tokenizer, path, meta = load_model(cfg.out_dir, device)
+    info(f"scoring {describe(path, meta)} on {len(docs):,} {cfg.task} examples from {cfg.task_file or hellaswag.HUB_DATASET}")
+    examples, skipped = hellaswag.encode(docs, tokenizer)
+    if skipped:
+        info(f"warning: skipping {skipped} examples with characters the {tokenizer.kind} tokenizer cannot encode")
+    result = hellaswag.score(model, examples, cfg.batch_size, ctx, device, progress=True)
+    cut = f", {result['truncated']:,} with the context cut to fit" if result["truncated"] else ""
+    info(f"{cfg.task}: acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f}, acc_norm_tokens "
+         f"{result['acc_norm_tokens']:.4f} ({result['examples']:,} examples{cut})")
+    return {"model": path, "task": cfg.task, "data": cfg.task_file or hellaswag.HUB_DATASET, **result,
+            "skipped": skipped}
 
 
 def main(argv=None):

@@ -45,6 +45,9 @@ class TrainConfig:
     log_interval: int = 1  # print and record the training loss every this many steps
     eval_iters: int = 200  # batches per split for each evaluation
     eval_only: bool = False  # evaluate once and exit
+    eval_tasks: str = ""  # also score a downstream task at every eval: hellaswag (hellaswag.py; empty: none)
+    eval_tasks_examples: int = 0  # score the task's first this many examples at each eval (0: all; HellaSwag has 10,042)
+    eval_tasks_file: str = ""  # the task's examples as a local .jsonl (HellaSwag's hellaswag_val.jsonl); empty: the Hugging Face Hub
     always_save_checkpoint: bool = True  # write ckpt.pt at every eval; False: only when val loss improves (and at the end)
     init_from: str = "scratch"  # scratch, resume from out_dir/ckpt.pt, or a Hugging Face GPT-2 directory to fine-tune
     seed: int = 1337  # model init, data order and dropout all follow from it
@@ -700,6 +703,13 @@ class Trainer:
         improved = losses["val"] < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, losses["val"])
         sample = self.eval_sample()
+        task = None
+        if cfg.eval_tasks and (self.master or self.fsdp):  # FSDP: every process takes part in the forwards
+            import hellaswag
+            if not hasattr(self, "task_examples"):  # read and tokenized once, at the first eval
+                docs = hellaswag.load_docs(cfg.eval_tasks, cfg.eval_tasks_file, cfg.eval_tasks_examples)
+                self.task_examples = hellaswag.encode(docs, tokenizer.from_meta(self.meta["tokenizer"]))[0]
+            task = hellaswag.score(self.raw_model, self.task_examples, cfg.batch_size, self.ctx, self.device)
         if self.master:
             ppl = math.exp(min(losses["val"], 50))
             print(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
@@ -714,6 +724,9 @@ class Trainer:
                 event.update({f"val_loss/{n}": v for n, v in zip(self.dataset_names, losses["val_by_dataset"])})
                 print("  val loss per dataset: " + ", ".join(f"{n} {v:.4f}" for n, v in
                                                             zip(self.dataset_names, losses["val_by_dataset"])))
+            if task is not None:
+                event.update({f"{cfg.eval_tasks}_{k}": task[k] for k in ("acc", "acc_norm")})
+                print(f"  {cfg.eval_tasks}: acc_norm {task['acc_norm']:.4f}, acc {task['acc']:.4f} ({task['examples']} examples)")
             self.metrics.log(event)
             if cfg.plot:
                 self.metrics.plot()
