@@ -195,6 +195,13 @@ def check_config(cfg):
         model.check_config(GPTConfig(**{k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "pad_vocab_to") + SWITCHES}))
     except ValueError as e:
         raise UserError(str(e)) from None
+    if cfg.eval_tasks and cfg.eval_tasks not in ("hellaswag",):  # checked now, not at the first eval
+        raise UserError(f"eval_tasks={cfg.eval_tasks!r}: the tasks are hellaswag (or '' for none)")
+    if cfg.eval_tasks_examples < 0:
+        raise UserError(f"eval_tasks_examples={cfg.eval_tasks_examples}: must be at least 0 (0: all)")
+    if cfg.eval_tasks_file and not os.path.isfile(cfg.eval_tasks_file):
+        raise UserError(f"eval_tasks_file {cfg.eval_tasks_file} not found: HellaSwag's hellaswag_val.jsonl, or leave "
+                        f"it empty to read the Hugging Face Hub")
     if cfg.optimizer not in ("adamw", "muon"):
         raise UserError(f"optimizer={cfg.optimizer!r}: expected adamw or muon")
     if cfg.optimizer == "muon" and cfg.fsdp:
@@ -246,21 +253,27 @@ def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1, should_stop=None)
     """Mean loss per split over eval_iters batches of windows spread evenly over the split: the same
     windows every time, so evals are comparable, and a stratified sample, so they track the loss on the
     whole split. Under DDP each process takes every world-th batch and the sums are combined.
-    should_stop() is asked after every batch: when it says so, the eval is dropped and None returned."""
+    should_stop() is asked after every batch: when it says so, the eval is dropped and None returned.
+    Under FSDP (and DDP with buffers) a forward is a collective, as is the stop check: every process
+    runs the same sequence of them, one batch per process and round, a repeat where a round is short."""
     model.eval()
     out = {}
     for split, loader in loaders.items():
         totals = torch.zeros(len(loader.streams), device=loader.device)
         batches = [0] * len(loader.streams)
+        k = -1
         for k, (j, x, y) in enumerate(loader.spread_batches(eval_iters)):
             batches[j] += 1
             if k % world == rank:
                 with ctx:
                     totals[j] += model(x, y)[1].float()
-            if should_stop is not None and should_stop():  # a preempted job must not wait for the eval
+            if should_stop is not None and (k + 1) % world == 0 and should_stop():  # a preempted job cannot wait
                 model.train()
                 return None
         if world > 1:
+            if rank > k % world:  # the last round was short of this process's batch: a forward that is not counted
+                with ctx:
+                    model(x, y)
             torch.distributed.all_reduce(totals)
         means = [t / n for t, n in zip(totals.tolist(), batches)]
         out[split] = float(sum(w * m for w, m in zip(loader.weights, means)))  # a mix: weighted like its training

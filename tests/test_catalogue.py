@@ -122,6 +122,11 @@ CASES = {
     "negative mix weight": ("train", lambda c: (
         [*train_args(c.data, c.tmp / "o"), "--dataset={'tiny_char': -1}"], ["dataset=", "positive"])),
     "empty mix": ("train", lambda c: ([*train_args(c.data, c.tmp / "o"), "--dataset={}"], ["dataset={}"])),
+    "unknown eval task": ("train", lambda c: ([*train_args(c.data, c.tmp / "o"), "--eval_tasks=mmlu"],
+                                              ["eval_tasks='mmlu'"])),
+    "missing eval task file": ("train", lambda c: (
+        [*train_args(c.data, c.tmp / "o"), "--eval_tasks=hellaswag", f"--eval_tasks_file={c.tmp / 'hs.jsonl'}"],
+        ["hs.jsonl", "not found"])),
     "missing dataset": ("train", lambda c: ([*train_args(c.data, c.tmp / "o"), "--dataset=nope"],
                                             ["nope", "prepare.py"])),
     "a shard with ids above its header's": ("train", lambda c: (
