@@ -19,12 +19,12 @@ import errno
 import os
 import pickle
 import re
-import socket
 import zlib
 
 import torch
 
 from configurator import UserError, os_error
+from shards import hold_lock
 
 CKPT, BEST, LOCK = "ckpt.pt", "best.pt", "train.lock"
 NUMBERED = re.compile(r"ckpt_\d{7}\.pt")  # keep_last_n's older checkpoints: ckpt_0001000.pt
@@ -105,26 +105,10 @@ def load(path, device="cpu"):
 
 
 def lock(out_dir):
-    """Hold out_dir for this run: the returned open file keeps an exclusive lock until it is closed (or
-    the process dies, even by kill -9). A second run on the same out_dir gets a one-line error naming us."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        return None
-    f = open(os.path.join(out_dir, LOCK), "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
-        f.close()
-        raise UserError(f"{out_dir} is in use by another run (process {holder}): wait for it to end, stop it, "
-                        f"or choose another --out_dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
-    return f
+    """Hold out_dir for this run (see shards.hold_lock): a second run on it gets one line naming us."""
+    return hold_lock(os.path.join(out_dir, LOCK), lambda holder: (
+        f"{out_dir} is in use by another run (process {holder}): wait for it to end, stop it, or choose another "
+        f"--out_dir"))
 
 
 def find(out_dir):

@@ -31,7 +31,7 @@ import numpy as np
 
 import tokenizer as tok
 from configurator import UserError, format_help, parse_args, run, unknown_key
-from shards import ShardWriter, token_dtype, write_meta, VERSION
+from shards import ShardWriter, hold_lock, release_lock, token_dtype, write_meta, VERSION
 from sources import Source, SourceConfig
 
 DEFAULT_DATASET = "roneneldan/TinyStories"
@@ -463,7 +463,8 @@ def writing(data_root, name):
     work, old = (os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}{x}") for x in (".partial", ".old"))
     try:
         os.makedirs(data_root, exist_ok=True)
-        lock = take_lock(os.path.join(data_root, f".{name}.lock"), out_dir)
+        lock = hold_lock(os.path.join(data_root, f".{name}.lock"), lambda pid: (
+            f"another prepare.py (pid {pid}) is writing {out_dir}: wait for it to finish, or choose another --name"))
     except OSError as e:
         raise UserError(write_error(e, data_root, out_dir)) from None
     try:
@@ -488,40 +489,6 @@ def write_error(e, data_root, out_dir):
         return (f"cannot write in {os.path.dirname(where) or '.'} ({e.strerror}): choose a --data_root "
                 f"you can write to ({kept})")
     return f"{where}: {e.strerror or e} ({kept})"
-
-
-def take_lock(path, out_dir):
-    """An exclusive flock on path, with our pid in it; another prepare holding it is a one-line error."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        return None
-    while True:
-        f = open(path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "unknown"
-            f.close()
-            raise UserError(f"another prepare.py (pid {pid}) is writing {out_dir}: wait for it to finish, "
-                            f"or choose another --name") from None
-        try:
-            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                break  # still the file at path: not one its last holder removed
-        except FileNotFoundError:
-            pass
-        f.close()
-    f.truncate(0)
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
-
-
-def release_lock(f):
-    if f is not None:
-        os.remove(f.name)  # while still holding it, so no one locks a removed file (see take_lock)
-        f.close()
 
 
 def summary(meta, out_dir):

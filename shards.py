@@ -216,3 +216,40 @@ def meta_problem(meta):
 
 def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def hold_lock(path, busy):
+    """An exclusive flock on the file at path, which then holds our process id (and host), until the
+    returned file is closed or the process dies, even by kill -9. When another process holds it, a
+    UserError with busy(what the file says of its holder). None where there is no flock (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    import socket
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise UserError(busy(holder)) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break  # still the file at path: not one its last holder removed (release_lock)
+        except FileNotFoundError:
+            pass
+        f.close()
+    f.truncate(0)
+    f.write(f"{os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    return f
+
+
+def release_lock(f):
+    """Remove a lock file from hold_lock, then let go of it."""
+    if f is not None:
+        os.remove(f.name)  # while still holding it, so no one locks a removed file (see hold_lock)
+        f.close()
