@@ -1,6 +1,6 @@
 # A character-level model of tiny Shakespeare: nanoGPT's "baby GPT" recipe, same keys and values.
 # Prepare the data first:
-#   python prepare.py --input ../shared/data/tinyshakespeare.txt --tokenizer char --name shakespeare_char
+#   python prepare.py --input assets/tinyshakespeare.txt --tokenizer char --name shakespeare_char
 # nanoGPT reports val loss 1.4697 after about 3 minutes on one A100 with this recipe.
 # On a laptop CPU, nanoGPT's smaller variant (see README) reaches about 1.88 in a few minutes.
 
