@@ -30,6 +30,7 @@ from configurator import UserError, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
 from metrics import Metrics
 import model
+import plan
 from model import GPT, GPTConfig, estimate_mfu
 from shards import read_header, read_meta, shard_paths
 
@@ -391,6 +392,9 @@ class Trainer:
         self.metrics = None
         if self.master:
             self.print_header()
+            if warning := plan.slow_run_warning(cfg, self.flops_per_token, self.raw_model.get_num_params(), device,
+                                                self.dtype, self.iter_num, self.world):  # a GPU recipe on a CPU
+                print(warning)
             self.metrics = Metrics(cfg.out_dir, self.iter_num if cfg.init_from == "resume" else None,
                                    config_dict(cfg) if cfg.wandb_log else None)
 
