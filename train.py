@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
+from tqdm import tqdm
 
 import checkpoint
 import hf
@@ -224,7 +225,10 @@ def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1):
     for split, loader in loaders.items():
         totals = torch.zeros(len(loader.streams), device=loader.device)
         batches = [0] * len(loader.streams)
-        for k, (j, x, y) in enumerate(loader.spread_batches(eval_iters)):
+        # a bar on a terminal (stderr) once an eval takes seconds: eval_iters batches can take minutes on a CPU
+        progress = tqdm(loader.spread_batches(eval_iters), desc=f"eval {split}", total=eval_iters, unit="batch",
+                        leave=False, delay=2, disable=True if rank else None)
+        for k, (j, x, y) in enumerate(progress):
             batches[j] += 1
             if k % world == rank:
                 with ctx:
