@@ -26,13 +26,14 @@ def fresh_encoding():
 def test_shipped_ranks_encode_like_tiktokens_r50k_base(shakespeare_text, tmp_path, monkeypatch, fresh_encoding):
     import tiktoken
     import tiktoken.registry
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    ours = tok.GPT2Tokenizer()  # from assets/ alone
     cache = tmp_path / "cache"  # tiktoken's cache, named by the SHA-1 of its download URL
     cache.mkdir()
     (cache / "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4").symlink_to(os.path.join(SHARED, "tokenizers", "gpt2.tiktoken"))
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # tiktoken's own, read from that cache
     theirs = tiktoken.get_encoding("r50k_base")
-    ours = tok.GPT2Tokenizer()
     assert (ours.vocab_size, ours.eot_id) == (theirs.n_vocab, theirs.eot_token) == (50257, 50256)
     assert ours.enc._pat_str == theirs._pat_str and ours.enc._special_tokens == theirs._special_tokens
     assert ours.encode(shakespeare_text) == theirs.encode_ordinary(shakespeare_text)
