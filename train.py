@@ -729,8 +729,8 @@ class Trainer:
         now = time.time()
         tok_s = len(losses) * self.tokens_per_iter / max(now - t_log, 1e-9)
         mfu = estimate_mfu(self.flops_per_token, tok_s / self.world, self.device)
-        done = self.iter_num - self.start_iter
-        eta = (now - self.t0) / done * (self.cfg.max_iters - self.iter_num)
+        # at the speed of the last interval: an average since t0 would count the step-0 eval as training time
+        eta = (self.cfg.max_iters - self.iter_num) * self.tokens_per_iter / max(tok_s, 1e-9)
         loss = sum(losses) / len(losses)
         if self.master:
             print(f"iter {self.iter_num}/{self.cfg.max_iters}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tok/s"
