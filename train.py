@@ -392,7 +392,7 @@ class Trainer:
         self.micro_steps = cfg.gradient_accumulation_steps // self.world
         self.tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
         self.flops_per_token = self.raw_model.flops_per_token()
-        self.stop_signal = None
+        self.stop_signal, self.train_seconds = None, 0.0
         self.metrics = None
         if self.master:
             self.print_header()
@@ -729,8 +729,8 @@ class Trainer:
         now = time.time()
         tok_s = len(losses) * self.tokens_per_iter / max(now - t_log, 1e-9)
         mfu = estimate_mfu(self.flops_per_token, tok_s / self.world, self.device)
-        # at the speed of the last interval: an average since t0 would count the step-0 eval as training time
-        eta = (self.cfg.max_iters - self.iter_num) * self.tokens_per_iter / max(tok_s, 1e-9)
+        self.train_seconds += now - t_log  # evals excluded (t_log skips them): at iter 1, the step-0 eval is no step
+        eta = self.train_seconds / max(self.iter_num - self.start_iter, 1) * (self.cfg.max_iters - self.iter_num)
         loss = sum(losses) / len(losses)
         if self.master:
             print(f"iter {self.iter_num}/{self.cfg.max_iters}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tok/s"
