@@ -23,6 +23,7 @@ import torch
 from configurator import UserError, parse_args, run
 from model import GPT, GPTConfig, estimate_mfu
 from sample import inference_device
+import tokenizer as tok
 
 
 def timed(fn, repeats, device):
@@ -336,7 +337,7 @@ def gpu_table(rows):
 class PrepareBench:
     """Tokenization speed with 1 and N worker processes against a plain single-process
     tiktoken.encode_ordinary_batch loop over the same documents, and the peak memory of a whole prepare."""
-    input: str = "../shared/data/tinyshakespeare.txt"  # the text; repeated until it is `megabytes` long
+    input: str = "assets/tinyshakespeare.txt"  # the text; repeated until it is `megabytes` long
     megabytes: float = 100.0  # size of the corpus to tokenize
     doc_chars: int = 2000  # the corpus is cut into documents of about this many characters
     workers: list[int] = field(default_factory=lambda: [1, 2])  # prepare.py's --num_proc values to time
@@ -384,9 +385,8 @@ def bench_prepare(cfg):
                   "torch": torch.__version__}
 
         def tiktoken_loop():  # the documents already in memory: what is timed is tokenization alone
-            import tiktoken
             docs = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
-            enc = tiktoken.get_encoding("r50k_base")
+            enc = tok.gpt2_encoding()
             t = time.perf_counter()
             n = sum(len(ids) + 1 for i in range(0, len(docs), 1024) for ids in enc.encode_ordinary_batch(docs[i:i + 1024]))
             return time.perf_counter() - t, n

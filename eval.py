@@ -26,6 +26,7 @@ if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() give
     __import__("configurator").quiet_interrupts()
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import hellaswag
 from configurator import UserError, parse_args, run
@@ -65,9 +66,9 @@ def windows(n, block_size, stride):
 
 
 @torch.no_grad()
-def score(model, tokens, block_size, stride, batch_size, ctx, device, token_bytes):
+def score(model, tokens, block_size, stride, batch_size, ctx, device, token_bytes, progress=None):
     """(total loss in nats, targets, their bytes) over one token stream; token_bytes[i] is the
-    number of bytes token i decodes to."""
+    number of bytes token i decodes to. progress(n) is told of every n targets scored."""
     total, count, n_bytes = 0.0, 0, 0
     # windows of one length batch together; in a stream only the first and last can be shorter
     for length, group in groupby(windows(len(tokens), block_size, stride), key=lambda w: w[1]):
@@ -83,6 +84,8 @@ def score(model, tokens, block_size, stride, batch_size, ctx, device, token_byte
                 _, loss = model(x, y.to(device))  # the mean over the n targets
             total += loss.item() * n
             count += n
+            if progress:
+                progress(n)
             n_bytes += int(token_bytes[y[y >= 0]].sum())
     return total, count, n_bytes
 
@@ -120,9 +123,13 @@ def evaluate(cfg, info=None):
     token_bytes = torch.tensor([len(tokenizer.token_bytes([i])) for i in range(tokenizer.vocab_size)])
     token_bytes[tokenizer.eot_id] = 0
     nats, targets, n_bytes = 0.0, 0, 0
-    for shard_path in paths:
-        totals = score(model, open_shard(shard_path), block_size, stride, cfg.batch_size, ctx, device, token_bytes)
-        nats, targets, n_bytes = nats + totals[0], targets + totals[1], n_bytes + totals[2]
+    shards = [open_shard(p) for p in paths]
+    # a bar on a terminal (stderr) once scoring takes seconds: a large split takes minutes
+    with tqdm(total=sum(max(len(s) - 1, 0) for s in shards), desc=f"scoring {cfg.split}", unit="tok", unit_scale=True,
+              leave=False, delay=2, disable=None) as bar:
+        for tokens in shards:
+            totals = score(model, tokens, block_size, stride, cfg.batch_size, ctx, device, token_bytes, bar.update)
+            nats, targets, n_bytes = nats + totals[0], targets + totals[1], n_bytes + totals[2]
     if targets == 0:
         raise UserError(f"the {cfg.split} split of {data_dir} has no token to predict")
     loss = nats / targets

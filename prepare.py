@@ -2,7 +2,7 @@
 Prepare a dataset: text -> tokens -> shards + meta.json in data/<name>/.
 
     python prepare.py                                      # TinyStories from the Hugging Face Hub
-    python prepare.py --input ../shared/data/tinyshakespeare.txt --tokenizer char --name shakespeare_char
+    python prepare.py --input assets/tinyshakespeare.txt --tokenizer char --name shakespeare_char
     python prepare.py --dataset wikimedia/wikipedia --config 20231101.en --split 'train[:10000]' \\
                       --dataset roneneldan/TinyStories --weight 0.5 ... --weight 0.5 --name mix
     python prepare.py --dataset HuggingFaceFW/fineweb --streaming --max_tokens 100_000_000 --tokenizer bpe

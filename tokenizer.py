@@ -8,6 +8,11 @@ prepare.py (meta.json) into the checkpoint, so train.py and sample.py never gues
         stored whole in meta.json and in every checkpoint
 """
 
+import base64
+import functools
+import hashlib
+import os
+
 import numpy as np
 
 from configurator import UserError
@@ -15,21 +20,52 @@ from configurator import UserError
 EOT_TEXT = "<|endoftext|>"
 
 
+# The GPT-2 ranks ship in assets/ (MIT, see assets/README.md): tiktoken would download them on first use,
+# which fails, or hangs, on a machine without internet (most clusters).
+GPT2_RANKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "gpt2.tiktoken")
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # tiktoken's r50k_base
+# tiktoken_ext/openai_public.py's r50k_pat_str: GPT-2's split into words, in a faster equivalent form
+R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+def read_ranks(path, sha256=GPT2_RANKS_SHA256):
+    """{token bytes: rank} from a .tiktoken file (one 'base64-token rank' per line), or (None, why not).
+    Parsed here rather than by tiktoken.load.load_tiktoken_bpe, which also copies a local file into its cache."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None, f"{path} is missing"
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return None, f"{path} is not the GPT-2 ranks file (its sha256 differs)"
+    return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in data.splitlines() if line)}, None
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_encoding():
+    """tiktoken's r50k_base (the same ranks, pattern and special token as 'gpt2'): from the shipped ranks
+    file, with no network; without it, from tiktoken's own download and cache."""
+    import tiktoken
+    ranks, why_not = read_ranks(GPT2_RANKS)
+    if ranks is not None:
+        return tiktoken.Encoding("r50k_base", pat_str=R50K_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens={EOT_TEXT: len(ranks)}, explicit_n_vocab=len(ranks) + 1)
+    try:
+        return tiktoken.get_encoding("r50k_base")
+    except Exception as e:  # offline, the download fails
+        raise UserError(
+            f"cannot load the GPT-2 BPE ranks: {why_not}, and tiktoken could not download them "
+            f"({type(e).__name__}); restore the file (git checkout assets/gpt2.tiktoken) or copy "
+            f"https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken there") from None
+
+
 class GPT2Tokenizer:
-    """GPT-2 byte-level BPE. tiktoken's r50k_base has the same ranks, pattern and special token as 'gpt2',
-    and reads a single file, so it works offline from $TIKTOKEN_CACHE_DIR (see README)."""
+    """GPT-2 byte-level BPE, tiktoken's r50k_base."""
 
     kind = "gpt2"
 
     def __init__(self):
-        import tiktoken
-        try:
-            self.enc = tiktoken.get_encoding("r50k_base")
-        except Exception as e:  # tiktoken downloads the ranks on first use; offline that fails
-            raise UserError(
-                "cannot load the GPT-2 BPE ranks: tiktoken downloads them once from "
-                f"openaipublic.blob.core.windows.net ({type(e).__name__}). Offline, copy a gpt2.tiktoken "
-                "ranks file to $TIKTOKEN_CACHE_DIR/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4 (see README)") from None
+        self.enc = gpt2_encoding()
         self.vocab_size = self.enc.n_vocab  # 50257
         self.eot_id = self.enc.eot_token    # 50256
 

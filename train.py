@@ -24,6 +24,7 @@ from typing import Optional
 if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning
     __import__("configurator").quiet_interrupts()
 import torch
+from tqdm import tqdm
 
 import checkpoint
 import hf
@@ -32,6 +33,7 @@ from configurator import UserError, check_types, config_dict, parse_overrides, r
 from dataloader import DataLoader, dataset_dir
 from metrics import Metrics
 import model
+import plan
 from model import GPT, GPTConfig, estimate_mfu
 from shards import check_tokens, read_header, read_meta, shard_paths
 
@@ -261,8 +263,11 @@ def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1, should_stop=None)
     for split, loader in loaders.items():
         totals = torch.zeros(len(loader.streams), device=loader.device)
         batches = [0] * len(loader.streams)
+        # a bar on a terminal (stderr) once an eval takes seconds: eval_iters batches can take minutes on a CPU
+        progress = tqdm(loader.spread_batches(eval_iters), desc=f"eval {split}", total=eval_iters, unit="batch",
+                        leave=False, delay=2, disable=True if rank else None)
         k = -1
-        for k, (j, x, y) in enumerate(loader.spread_batches(eval_iters)):
+        for k, (j, x, y) in enumerate(progress):
             batches[j] += 1
             if k % world == rank:
                 with ctx:
@@ -456,10 +461,13 @@ class Trainer:
         self.micro_steps = cfg.gradient_accumulation_steps // self.world
         self.tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
         self.flops_per_token = self.raw_model.flops_per_token()
-        self.stop_signal = None
+        self.stop_signal, self.train_seconds = None, 0.0
         self.metrics = None
         if self.master:
             self.print_header()
+            if warning := plan.slow_run_warning(cfg, self.flops_per_token, self.raw_model.get_num_params(), device,
+                                                self.dtype, self.iter_num, self.world):  # a GPU recipe on a CPU
+                print(warning)
             self.metrics = Metrics(cfg.out_dir, self.iter_num if cfg.init_from == "resume" else None,
                                    config_dict(cfg) if cfg.wandb_log else None)
 
@@ -871,8 +879,8 @@ class Trainer:
         now = time.time()
         tok_s = len(losses) * self.tokens_per_iter / max(now - t_log, 1e-9)
         mfu = estimate_mfu(self.flops_per_token, tok_s / self.world, self.device)
-        done = max(self.iter_num - self.start_iter, 1)  # after a rollback to before start_iter, a guess
-        eta = (now - self.t0) / done * max(self.cfg.max_iters - self.iter_num, 0)
+        self.train_seconds += now - t_log  # evals excluded (t_log skips them): at iter 1, the step-0 eval is no step
+        eta = self.train_seconds / max(self.iter_num - self.start_iter, 1) * max(self.cfg.max_iters - self.iter_num, 0)
         loss = sum(losses) / len(losses)
         if self.master:
             print(f"iter {self.iter_num}/{self.cfg.max_iters}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tok/s"

@@ -1,26 +1,17 @@
-"""Shared fixtures. Tests run on CPU, offline: text comes from ../shared/data and the GPT-2
-ranks from ../shared/tokenizers (through tiktoken's cache directory)."""
+"""Shared fixtures. Tests run on CPU, offline: the text and the GPT-2 ranks come from assets/."""
 
 import os
 import shutil
 import sys
-import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-SHAKESPEARE = os.path.join(SHARED, "data", "tinyshakespeare.txt")
-GPT2_RANKS = os.path.join(SHARED, "tokenizers", "gpt2.tiktoken")
-R50K_CACHE_NAME = "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"  # sha1 of tiktoken's r50k_base download URL
+SHAKESPEARE = os.path.join(ROOT, "assets", "tinyshakespeare.txt")
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")  # beside the project in CI: tiktoken's own copy of the ranks
 
 sys.path.insert(0, ROOT)
 
-# point tiktoken at the shared ranks unless the environment already has a cache
-if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isfile(GPT2_RANKS):
-    _cache = tempfile.mkdtemp(prefix="tiktoken-cache-")
-    os.symlink(GPT2_RANKS, os.path.join(_cache, R50K_CACHE_NAME))
-    os.environ["TIKTOKEN_CACHE_DIR"] = _cache
 os.environ.setdefault("WANDB_MODE", "offline")
 
 

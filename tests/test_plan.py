@@ -34,3 +34,46 @@ def test_bad_budgets():
         plan(PlanConfig(flops=1e18, tokens=1e9))
     with pytest.raises(UserError, match="--hours needs --tokens_per_sec"):
         plan(PlanConfig(hours=3))
+
+
+def _recipe(**kw):
+    from train import TrainConfig
+    return TrainConfig(**{**dict(max_iters=5000, eval_interval=500, eval_iters=50, batch_size=32, block_size=1024,
+                                 gradient_accumulation_steps=4), **kw})
+
+
+def test_a_gpu_recipe_on_a_cpu_warns_with_the_days_and_the_cpu_quick_start():
+    from plan import run_flops, slow_run_warning
+    flops, steps, evals = run_flops(_recipe(), 1.245e8)  # config/tinystories.py's model: 655M tokens, 11 evals
+    assert (steps, evals) == (5000, 11) and flops == pytest.approx(1.245e8 * (655_360_000 + 11 * 2 * 50 * 32768 / 3))
+    msg = slow_run_warning(_recipe(), 1.245e8, 17.9e6, "cpu", probe=lambda device, dtype: 7e10)  # ~560 tok/s
+    assert msg.startswith("warning: this run needs about 13.7 days on cpu") and "\n" not in msg
+    assert "python train.py config/shakespeare_char.py --device=cpu" in msg
+    assert slow_run_warning(_recipe(), 1.245e8, 17.9e6, "cpu", probe=lambda device, dtype: 1e12) is None  # 0.95 days
+    assert slow_run_warning(_recipe(eval_only=True), 1.245e8, 17.9e6, "cpu", probe=lambda device, dtype: 7e10) is None
+
+
+def test_on_a_gpu_the_warning_says_how_many_steps_fit_a_day():
+    from plan import slow_run_warning
+    msg = slow_run_warning(_recipe(), 1.245e8, 17.9e6, "cuda", "bfloat16", start_iter=1000,
+                           probe=lambda device, dtype: 2e11)
+    assert "about 3.8 days on cuda" in msg and "a bfloat16 matrix product" in msg
+    assert "--max_iters=2039 " in msg  # 4000 steps left (and 9 evals) take 3.85 days: 1039 of them fit a day
+    args = msg.split("python plan.py ")[1].split()
+    assert plan(PlanConfig(hours=24, tokens_per_sec=float(args[3]), measured_params=float(args[5])))["hours"] == pytest.approx(24)
+
+
+def test_small_runs_are_not_probed():
+    from plan import slow_run_warning
+    def probe(device, dtype):
+        raise AssertionError("no probe for a run that cannot take a day")
+    assert slow_run_warning(_recipe(max_iters=2000, batch_size=12, block_size=64, gradient_accumulation_steps=1),
+                            4.9e6, 0.8e6, "cpu", probe=probe) is None
+
+
+def test_the_matmul_probe_leaves_the_random_state_alone():
+    import torch
+    from plan import matmul_flops_per_sec
+    before = torch.get_rng_state()
+    assert matmul_flops_per_sec("cpu", n=64, seconds=0.01) > 0
+    assert torch.equal(before, torch.get_rng_state())
