@@ -186,7 +186,7 @@ def bench_train(cfg, train_args):
             torch.cuda.reset_peak_memory_stats(trainer.device)
         trainer.fetch()
         times = timed(trainer.step, steps, trainer.device)  # step() syncs once (the loss); timed() syncs too
-        trainer.metrics.close()
+        trainer.close()
     step = statistics.median(times[cfg.warmup_steps:])
     tok_s = trainer.tokens_per_iter / step
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[trainer.dtype]

@@ -111,6 +111,29 @@ def lock(out_dir):
         f"--out_dir"))
 
 
+def claim(out_dir, resuming):
+    """Take out_dir for a run: the lock first (one run per out_dir), then refuse to start a new run over
+    an old one's files, then clear what a killed run of ours left half-written. Returns the lock."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create out_dir {out_dir}: {e.strerror} (choose another --out_dir)") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"out_dir {out_dir} is not writable (choose another --out_dir)")
+    held = lock(out_dir)
+    found = run_files(out_dir)
+    if not resuming and found:
+        if held is not None:
+            held.close()
+        how = ("continue it with --init_from=resume" if CKPT in found else
+               "it has no ckpt.pt to resume from: move those files away")
+        raise UserError(f"{out_dir} already holds a run's {', '.join(found)}: {how}, or choose another --out_dir "
+                        f"(nothing was overwritten)")
+    for name in leftovers(out_dir):
+        os.remove(os.path.join(out_dir, name))
+    return held
+
+
 def find(out_dir):
     """The checkpoint to sample from: out_dir itself if it is a file, else the newest run under it
     (its best.pt if it has one, else its ckpt.pt)."""

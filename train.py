@@ -13,10 +13,8 @@ if nothing had happened. SIGTERM or Ctrl-C saves a checkpoint first.
 
 import math
 import os
-import signal
 import sys
 import time
-from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import Optional
@@ -27,6 +25,8 @@ import torch
 from tqdm import tqdm
 
 import checkpoint
+import distributed
+import faults
 import hf
 import tokenizer
 from configurator import UserError, check_types, config_dict, parse_overrides, run
@@ -212,22 +212,6 @@ def check_config(cfg):
         raise UserError("max_iters and keep_last_n must be at least 0, max_skipped_steps at least 1")
 
 
-def setup_distributed(cfg):
-    """(rank, local_rank, world_size); under torchrun this joins the process group."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 0, 1
-    import torch.distributed as dist
-    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    if cfg.gradient_accumulation_steps % world:
-        raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple of "
-                        f"the number of processes ({world}): it counts micro-batches over all of them")
-    backend = cfg.backend
-    if backend == "nccl" and (cfg.device.startswith(("cpu", "mps")) or not torch.cuda.is_available()):
-        backend = "gloo"  # NCCL is GPU-only
-    dist.init_process_group(backend=backend)
-    return rank, local_rank, world
-
-
 def load_resume(cfg, overrides, device):
     """The checkpoint to resume from, and the config: the checkpoint's, with this command's overrides."""
     path = os.path.join(cfg.out_dir, checkpoint.CKPT)
@@ -293,84 +277,31 @@ def fmt_time(s):
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def keep_freed_memory():
-    """Have glibc keep freed memory for reuse instead of returning it to the OS. Big tensors (a step's
-    logits: batch x context x vocab floats) are otherwise mmap'ed fresh every step and every page
-    faulted in again: on a CPU with GPT-2's vocabulary that cost a third of the step time (docs/benchmarks.md)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: nothing to do
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    libc.mallopt(M_MMAP_MAX, 0)  # big blocks come from the heap...
-    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # ...which keeps what is freed
-
-
-def available_memory(device):
-    """Free bytes on the device (CUDA), or the memory Linux says is available (CPU); None if unknown."""
-    if device.startswith("cuda"):
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return None
-
-
-def out_of_memory_advice(cfg, need=None, have=None):
-    amounts = f" (it needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB are free)" if need and have else ""
-    return (f"out of memory{amounts}: lower --batch_size={cfg.batch_size} and raise --gradient_accumulation_steps to "
-            f"keep the tokens per step, or turn on --gradient_checkpointing=True, or shorten --block_size")
-
-
-def is_out_of_memory(e):
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
-
-
-class BadSteps:
-    """Decides which steps to skip: a non-finite loss or gradient, or a loss far above the recent
-    ones (robust z-score against the median and median absolute deviation of the last 100 steps)."""
-
-    def __init__(self, threshold, losses=()):
-        self.threshold = threshold
-        self.recent = deque(losses, maxlen=100)
-
-    def check(self, loss, grad_norm, scaler_on):
-        if not math.isfinite(loss):
-            return "non-finite loss"
-        if not math.isfinite(grad_norm) and not scaler_on:  # with fp16 the grad scaler handles overflows
-            return "non-finite gradient"
-        if self.threshold > 0 and len(self.recent) >= 20:
-            ordered = sorted(self.recent)
-            median = ordered[len(ordered) // 2]
-            mad = sorted(abs(x - median) for x in ordered)[len(ordered) // 2] * 1.4826  # ~ a standard deviation
-            if loss > median + self.threshold * max(mad, 0.01 * median):
-                return f"loss spike: {loss:.4f} against a recent median of {median:.4f}"
-        self.recent.append(loss)
-        return None
-
-
 class Trainer:
-    """One run: everything a checkpoint holds lives here, so resuming, rolling back after bad steps and
-    stopping on a signal all go through state_dict() and load_state_dict()."""
+    """One run, read top to bottom: the set-up in four named steps (process, data, model, state), the
+    loop (steps, evals, logs), what it does about faults, and the checkpoint, which is the whole of its
+    state: resuming, rolling back after bad steps and stopping on a signal all go through state_dict()
+    and load_state_dict(). Many processes: distributed.py; fault policies and memory: faults.py."""
 
     def __init__(self, cfg, overrides=None):
-        self.lock = None  # out_dir's lock, held from check_out_dir to the end of run()
+        overrides = overrides or {}
+        self.lock = None  # out_dir's lock (rank 0), held from setup_data to the end of run()
         try:
-            self.setup(cfg, overrides)
+            ckpt = self.setup_process(cfg, overrides)
+            hf_args, hf_state = self.setup_data(ckpt, overrides)
+            self.setup_model(ckpt, hf_args, hf_state)
+            self.setup_state(ckpt)
         except BaseException:
-            self.unlock()
+            self.close()
             raise
+        if self.master:
+            self.print_header()
 
-    def unlock(self):
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
-
-    def setup(self, cfg, overrides):
+    def setup_process(self, cfg, overrides):
+        """Config, process group, device and precision; on resume the checkpoint, whose config the
+        command line's keys override. Returns the checkpoint (None for a new run)."""
         check_config(cfg)
-        self.rank, local_rank, self.world = setup_distributed(cfg)
+        self.rank, local_rank, self.world = distributed.setup(cfg)
         self.master = self.rank == 0
         device = resolve_device(cfg.device)
         if self.world > 1 and device.startswith("cuda"):
@@ -378,17 +309,26 @@ class Trainer:
             torch.cuda.set_device(device)
         self.device, self.device_type = device, device.split(":")[0]
         if self.device_type == "cpu" and sys.platform == "linux":
-            keep_freed_memory()
+            faults.keep_freed_memory()
         ckpt = None
         if cfg.init_from == "resume":
-            ckpt, cfg = load_resume(cfg, overrides or {}, device)
+            ckpt, cfg = load_resume(cfg, overrides, device)
             check_config(cfg)
         self.cfg = cfg
         self.fsdp = cfg.fsdp and self.world > 1
         self.dtype = resolve_dtype(cfg.dtype, self.device_type)
         self.use_compile = cfg.compile if cfg.compile is not None else self.device_type == "cuda"
         self.ctx = autocast(self.device_type, self.dtype)
+        if self.device_type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls: ~free speed, a loss indistinguishable
+            torch.backends.cudnn.allow_tf32 = True
+        return ckpt
 
+    def setup_data(self, ckpt, overrides):
+        """The datasets (one tokenizer for all, the checkpoint's), out_dir taken for this run, and the
+        loaders: each process takes its slice of one global stream of windows. A Hugging Face model to
+        fine-tune is read here too, as it fixes the config's shape: returns its (model args, weights)."""
+        cfg = self.cfg
         mix = cfg.dataset if isinstance(cfg.dataset, dict) else {cfg.dataset: 1.0}
         self.dataset_names, self.weights = list(mix), list(mix.values())
         self.data_dirs = [dataset_dir(name, cfg.data_root) for name in mix]
@@ -406,21 +346,20 @@ class Trainer:
                             f"prepared with the same tokenizer, or start from scratch")
         hf_args, hf_state = {}, None
         if ckpt is None and cfg.init_from != "scratch":  # fine-tune a Hugging Face GPT-2: it fixes the shape
-            cfg, hf_args, hf_state = hf.init_from_hf(cfg.init_from, cfg, overrides or {}, self.meta["tokenizer"])
+            cfg, hf_args, hf_state = hf.init_from_hf(cfg.init_from, cfg, overrides, self.meta["tokenizer"])
             self.cfg = cfg
         if self.master:
-            self.check_out_dir(resuming=ckpt is not None)
-        if self.device_type == "cuda":
-            torch.set_float32_matmul_precision("high")  # TF32 matmuls: ~free speed, a loss indistinguishable
-            torch.backends.cudnn.allow_tf32 = True
-
-        # data: each process takes its slice of one global stream of windows
+            self.lock = checkpoint.claim(cfg.out_dir, resuming=ckpt is not None)
         self.loader = DataLoader(self.data_dirs, "train", cfg.batch_size, cfg.block_size, cfg.seed, self.rank,
-                                 self.world, device, self.weights)
-        self.eval_loaders = {split: DataLoader(self.data_dirs, split, cfg.batch_size, cfg.block_size, device=device,
-                                               weights=self.weights) for split in ("train", "val")}
+                                 self.world, self.device, self.weights)
+        self.eval_loaders = {split: DataLoader(self.data_dirs, split, cfg.batch_size, cfg.block_size,
+                                               device=self.device, weights=self.weights) for split in ("train", "val")}
+        return hf_args, hf_state
 
-        # model and optimizer
+    def setup_model(self, ckpt, hf_args, hf_state):
+        """The model (checked against the data and the memory before it is built), its wrapping for
+        compile and many processes, and the optimizer."""
+        cfg = self.cfg
         self.model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                                bias=cfg.bias, vocab_size=self.meta["tokenizer"]["vocab_size"], dropout=cfg.dropout,
                                **{k: getattr(cfg, k) for k in SWITCHES},
@@ -438,60 +377,46 @@ class Trainer:
         if hf_state is not None:
             self.raw_model.load_state_dict(hf_state)
         torch.manual_seed(cfg.seed + self.rank)  # but each its own dropout
-        self.raw_model.to(device)
+        self.raw_model.to(self.device)
         self.raw_model.gradient_checkpointing = cfg.gradient_checkpointing
-        self.model = self.wrap(self.raw_model)
+        self.model = distributed.wrap(self.raw_model, self.world, self.fsdp, self.use_compile, self.device, self.dtype)
         self.optimizer = self.raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                                              self.device_type, cfg.optimizer, cfg.muon_lr,
                                                              cfg.muon_momentum)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
         # the optimizer's hyperparameters as this command's config says: they win over a resumed checkpoint's
         self.hyper = [{k: g[k] for k in OPTIMIZER_KEYS if k in g} for g in self.optimizer.param_groups]
+
+    def setup_state(self, ckpt):
+        """Where the run stands: a new run's counters, or the checkpoint's; and what the loop needs."""
+        cfg = self.cfg
         self.iter_num, self.best_val_loss, self.lr_scale = 0, float("inf"), 1.0
         self.val_loss = None  # of the eval at evaluated_at: what a rollback target is judged by
         self.evaluated_at = -1  # the step of the last completed eval
-        self.bad_steps = BadSteps(cfg.spike_threshold)
+        self.bad_steps = faults.BadSteps(cfg.spike_threshold)
         self.skipped_in_a_row = self.rollbacks = 0
         self.recover_to = None  # after a rollback: the val loss the run must get back to before saving again
         self.loader_state = self.loader.state_dict()
         if ckpt is not None:
             self.load_state_dict(ckpt)
-            del ckpt
         self.start_iter = self.iter_num
         self.micro_steps = cfg.gradient_accumulation_steps // self.world
         self.tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
         self.flops_per_token = self.raw_model.flops_per_token()
-        self.stop_signal, self.train_seconds = None, 0.0
+        self.stop_request, self.train_seconds = faults.StopRequest(announce=self.master), 0.0
         self.metrics = None
         if self.master:
-            self.print_header()
-            if warning := plan.slow_run_warning(cfg, self.flops_per_token, self.raw_model.get_num_params(), device,
-                                                self.dtype, self.iter_num, self.world):  # a GPU recipe on a CPU
-                print(warning)
             self.metrics = Metrics(cfg.out_dir, self.iter_num if cfg.init_from == "resume" else None,
                                    config_dict(cfg) if cfg.wandb_log else None)
 
-    # -- set-up ---------------------------------------------------------------------------------
-
-    def check_out_dir(self, resuming):
-        """Take out_dir for this run: the lock first (one run per out_dir), then refuse to start a new run
-        over an old one's files, then clear what a killed run of ours left half-written."""
-        out_dir = self.cfg.out_dir
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create out_dir {out_dir}: {e.strerror} (choose another --out_dir)") from None
-        if not os.access(out_dir, os.W_OK):
-            raise UserError(f"out_dir {out_dir} is not writable (choose another --out_dir)")
-        self.lock = checkpoint.lock(out_dir)
-        found = checkpoint.run_files(out_dir)
-        if not resuming and found:
-            how = ("continue it with --init_from=resume" if checkpoint.CKPT in found else
-                   "it has no ckpt.pt to resume from: move those files away")
-            raise UserError(f"{out_dir} already holds a run's {', '.join(found)}: {how}, or choose another "
-                            f"--out_dir (nothing was overwritten)")
-        for name in checkpoint.leftovers(out_dir):
-            os.remove(os.path.join(out_dir, name))
+    def close(self):
+        """Release what the run holds: metrics.jsonl (and wandb), then out_dir's lock."""
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def preflight(self, gpt_config):
         """What would otherwise fail later, checked before the first step (and before the model takes memory)."""
@@ -508,30 +433,7 @@ class Trainer:
                             f"({gpt_config.block_size})")
         with torch.device("meta"):  # the model's shapes without its memory: a model too big must not be built
             shapes = GPT(gpt_config)
-        need = shapes.estimate_memory(cfg.batch_size, 4 if self.dtype == "float32" else 2, cfg.gradient_checkpointing)
-        have = available_memory(self.device)
-        if have is not None and need > have:
-            if self.device_type == "cpu":  # past this, Linux kills the process without a word
-                raise UserError(out_of_memory_advice(cfg, need, have))
-            if self.master:
-                print(f"warning: the estimate says this may not fit: {out_of_memory_advice(cfg, need, have)}")
-
-    def wrap(self, model):
-        """torch.compile, then DDP or FSDP across processes; returns what the training step calls."""
-        if self.fsdp:
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-            # bf16: gather the weights in 16 bits (half the traffic; the shards and the optimizer stay fp32),
-            # reduce-scatter the gradients in fp32, whose sums over many processes keep their precision
-            mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if self.dtype == "bfloat16" else MixedPrecisionPolicy()
-            for block in model.transformer.h:  # each block gathers its weights only while it runs
-                fully_shard(block, mp_policy=mp)
-            fully_shard(model, mp_policy=mp)
-        if self.use_compile:
-            model = torch.compile(model)
-        if self.world > 1 and not self.fsdp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            model = DDP(model, device_ids=[self.device] if self.device_type == "cuda" else None)
-        return model
+        faults.check_memory(shapes, cfg, self.dtype, self.device, warn=print if self.master else lambda _: None)
 
     def print_header(self):
         cfg = self.cfg
@@ -547,274 +449,23 @@ class Trainer:
               f"{self.tokens_per_iter:,} tokens per step ({self.micro_steps} x {cfg.batch_size} x {cfg.block_size}"
               f"{f' x {self.world}' if self.world > 1 else ''}), learning rate {cfg.learning_rate:.2e}, "
               f"{'resuming at' if self.iter_num else 'starting at'} step {self.iter_num} of {cfg.max_iters}")
+        if warning := plan.slow_run_warning(cfg, self.flops_per_token, self.raw_model.get_num_params(), self.device,
+                                            self.dtype, self.iter_num, self.world):  # a GPU recipe on a CPU
+            print(warning)
 
-    # -- checkpoints ----------------------------------------------------------------------------
-
-    def _dcp_options(self):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions
-        return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-    def state_dict(self, full=True):
-        """The checkpoint. Under FSDP every process must call this (it gathers the shards)."""
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-        state = {"model": get_model_state_dict(self.raw_model, options=self._dcp_options()),
-                 "model_args": self.model_args, "config": config_dict(self.cfg), "tokenizer": self.meta["tokenizer"],
-                 "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss,
-                 "evaluated_at": self.evaluated_at}
-        if full:
-            rng = {"torch": self.gather(torch.get_rng_state())}
-            if self.device_type == "cuda":
-                rng["cuda"] = self.gather(torch.cuda.get_rng_state(self.device))
-            # optimizer state keyed by parameter name, so a checkpoint moves between DDP and FSDP
-            state.update(optimizer=get_optimizer_state_dict(self.raw_model, self.optimizer, options=self._dcp_options()),
-                         scaler=self.scaler.state_dict(), loader=self.loader_state, rng=rng, lr_scale=self.lr_scale,
-                         recent_losses=list(self.bad_steps.recent), rollbacks=self.rollbacks,
-                         recover_to=self.recover_to)
-        return state
-
-    def gather(self, t):
-        """Every process's copy of a CPU tensor, stacked (one row per rank)."""
-        if self.world == 1:
-            return t[None]
-        parts = [None] * self.world
-        torch.distributed.all_gather_object(parts, t)  # works on every backend, and these are a few KB
-        return torch.stack(parts)
-
-    def load_state_dict(self, ckpt):
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-        set_model_state_dict(self.raw_model, ckpt["model"], options=self._dcp_options())
-        set_optimizer_state_dict(self.raw_model, self.optimizer, ckpt["optimizer"], options=self._dcp_options())
-        for group, hyper in zip(self.optimizer.param_groups, self.hyper):
-            group.update(hyper)  # --learning_rate, --weight_decay, --beta1/2 on resume take effect
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.loader.load_state_dict(ckpt["loader"])
-        self.loader_state = self.loader.state_dict()
-        self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        self.lr_scale = ckpt.get("lr_scale", 1.0)
-        self.val_loss = ckpt.get("val_loss")
-        self.evaluated_at = ckpt.get("evaluated_at", self.iter_num)  # older checkpoints: saved after their eval
-        self.rollbacks, self.recover_to = ckpt.get("rollbacks", 0), ckpt.get("recover_to")
-        self.bad_steps = BadSteps(self.cfg.spike_threshold, ckpt.get("recent_losses", ()))
-        states = ckpt["rng"]["torch"]
-        if len(states) == self.world:
-            torch.set_rng_state(states[self.rank].cpu())
-        else:  # another number of processes: the data order continues, dropout draws anew
-            torch.manual_seed(self.cfg.seed + self.rank + self.iter_num)
-        if self.device_type == "cuda" and len(ckpt["rng"].get("cuda", [])) == self.world:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][self.rank].cpu(), self.device)
-
-    def save(self, best=False):
-        """Write ckpt.pt (or best.pt, weights only); with keep_last_n, keep older ckpt.pt's by hard link."""
-        state = self.state_dict(full=not best)
-        if not self.master:
-            return
-        out = self.cfg.out_dir
-        path = os.path.join(out, checkpoint.BEST if best else checkpoint.CKPT)
-        checkpoint.save(state, path)
-        if best or not self.cfg.keep_last_n:
-            return
-        numbered = os.path.join(out, f"ckpt_{self.iter_num:07d}.pt")
-        if os.path.exists(numbered):
-            os.remove(numbered)
-        os.link(path, numbered)  # costs no space until ckpt.pt is replaced
-        old = sorted(f for f in os.listdir(out) if checkpoint.numbered(f))
-        for f in old[:-self.cfg.keep_last_n]:
-            os.remove(os.path.join(out, f))
-
-    # -- the loop -------------------------------------------------------------------------------
-
-    def fetch(self):
-        # remember where the batch came from: a checkpoint written before it is trained on restarts here
-        self.loader_state = self.loader.state_dict()
-        self.X, self.Y = self.loader.next_batch()
-
-    def step(self):
-        """One optimizer step of micro_steps micro-batches; returns (loss, grad_norm, skip reason)."""
-        cfg = self.cfg
-        lr = get_lr(self.iter_num, cfg) * self.lr_scale
-        for group in self.optimizer.param_groups:  # the schedule scales every group's own base rate
-            group["lr"] = group.get("base_lr", cfg.learning_rate) * (lr / cfg.learning_rate if cfg.learning_rate else 0)
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(self.micro_steps):
-            if self.world > 1:  # all-reduce (DDP) or reduce-scatter (FSDP) the gradients only on the last micro-batch
-                if self.fsdp:
-                    self.raw_model.set_requires_gradient_sync(micro == self.micro_steps - 1)
-                else:
-                    self.model.require_backward_grad_sync = micro == self.micro_steps - 1
-            with self.ctx:  # the loss only: logits kept here would live on through the next forward
-                loss = self.model(self.X, self.Y, return_logits=False)[1] / self.micro_steps
-            loss_sum += loss.detach()
-            self.fetch()  # the next batch, while the GPU works on this one
-            self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
-                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded norm
-            grad_norm = grad_norm.full_tensor()
-        if self.world > 1:
-            torch.distributed.all_reduce(loss_sum)
-            loss_sum /= self.world
-        # one device sync per step: the skip decision needs the numbers
-        loss_val, norm_val = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
-        reason = self.bad_steps.check(loss_val, norm_val, self.scaler.is_enabled())
-        if reason is None:
-            self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.iter_num += 1
-        return loss_val, norm_val, lr, reason
-
-    def skip(self, loss, grad_norm, reason):
-        """A bad step was not applied; too many in a row roll back. Returns whether it rolled back."""
-        self.skipped_in_a_row += 1
-        if self.master:
-            print(f"step {self.iter_num}: skipped ({reason})")
-            self.metrics.log({"iter": self.iter_num, "skipped": reason, "loss": loss, "grad_norm": grad_norm})
-        if self.skipped_in_a_row >= self.cfg.max_skipped_steps:
-            self.rollback(f"{self.cfg.max_skipped_steps} bad steps in a row")
-            return True
-        return False
-
-    MAX_ROLLBACKS = 5
-
-    def rollback(self, why):
-        """Back to the last checkpoint with the learning rate halved (again for each further rollback).
-        Until an eval is back to that checkpoint's val loss, nothing is saved over it; a run that does
-        not get back after MAX_ROLLBACKS tries stops with an error, its last good checkpoint intact."""
-        path = os.path.join(self.cfg.out_dir, checkpoint.CKPT)
-        rollbacks = self.rollbacks + 1
-        if rollbacks > self.MAX_ROLLBACKS:
-            raise UserError(f"training keeps failing ({why} at step {self.iter_num}) after rolling back "
-                            f"{self.MAX_ROLLBACKS} times, each with half the learning rate; {path} is the last good "
-                            f"checkpoint. Lower learning_rate, raise warmup_iters, or check the data")
-        failed_at = self.iter_num
-        self.load_state_dict(checkpoint.load(path, self.device))
-        self.rollbacks = rollbacks
-        self.recover_to = self.val_loss  # None for checkpoints from before val_loss was saved: no check
-        self.lr_scale *= 0.5 ** self.rollbacks
-        self.skipped_in_a_row = 0
-        self.fetch()
-        if self.master:
-            print(f"{why} at step {failed_at}: rolled back to step {self.iter_num} ({path}) with the learning "
-                  f"rate scaled by {self.lr_scale:g}")
-            self.metrics.log({"iter": self.iter_num, "rollback_from": failed_at, "lr_scale": self.lr_scale})
-
-    def healthy(self, val):
-        """Whether a checkpoint with this val loss may be saved: a finite loss, and after a rollback, back to
-        (within 1% of) the loss of the checkpoint rolled back to."""
-        if not math.isfinite(val):
-            return False
-        return self.recover_to is None or val <= self.recover_to * 1.01
-
-    def eval_and_checkpoint(self, at_end):
-        """Evaluate, log, and save ckpt.pt (and best.pt). Returns False when a stop request cut the eval
-        short: the step is then saved unevaluated, and a resume evaluates it first."""
-        cfg = self.cfg
-        losses = evaluate(self.model, self.eval_loaders, cfg.eval_iters, self.ctx, self.rank, self.world,
-                          should_stop=self.check_stop)
-        if losses is None:
-            return False
-        if not cfg.eval_only and not self.healthy(losses["val"]):
-            self.rollback(f"val loss {losses['val']:.4f}" + (f", worse than {self.recover_to:.4f} at the checkpoint"
-                                                             if self.recover_to is not None else ""))
-            return True
-        self.evaluated_at, self.val_loss = self.iter_num, losses["val"]
-        if self.recover_to is not None:  # back on track
-            self.recover_to, self.rollbacks = None, 0
-        improved = losses["val"] < self.best_val_loss
-        self.best_val_loss = min(self.best_val_loss, losses["val"])
-        sample = self.eval_sample()
-        task = None
-        if cfg.eval_tasks and (self.master or self.fsdp):  # FSDP: every process takes part in the forwards
-            import hellaswag
-            if not hasattr(self, "task_examples"):  # read and tokenized once, at the first eval
-                docs = hellaswag.load_docs(cfg.eval_tasks, cfg.eval_tasks_file, cfg.eval_tasks_examples)
-                self.task_examples = hellaswag.encode(docs, tokenizer.from_meta(self.meta["tokenizer"]))[0]
-            task = hellaswag.score(self.raw_model, self.task_examples, cfg.batch_size, self.ctx, self.device)
-        if self.master:
-            ppl = math.exp(min(losses["val"], 50))
-            print(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                  f"(perplexity {ppl:.2f}){' best' if improved else ''}")
-            if sample is not None:
-                print(f"sample: {sample!r}")
-                self.metrics.log_sample(self.iter_num, sample)
-            event = {"iter": self.iter_num, "tokens": self.iter_num * self.tokens_per_iter,
-                     "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
-                     "train_ppl": math.exp(min(losses["train"], 50)), "time": round(time.time() - self.t0, 3)}
-            if "val_by_dataset" in losses:
-                event.update({f"val_loss/{n}": v for n, v in zip(self.dataset_names, losses["val_by_dataset"])})
-                print("  val loss per dataset: " + ", ".join(f"{n} {v:.4f}" for n, v in
-                                                            zip(self.dataset_names, losses["val_by_dataset"])))
-            if task is not None:
-                event.update({f"{cfg.eval_tasks}_{k}": task[k] for k in ("acc", "acc_norm")})
-                print(f"  {cfg.eval_tasks}: acc_norm {task['acc_norm']:.4f}, acc {task['acc']:.4f} ({task['examples']} examples)")
-            self.metrics.log(event)
-            if cfg.plot:
-                self.metrics.plot()
-        if cfg.eval_only:
-            return True
-        if improved and self.iter_num > 0:
-            self.save(best=True)
-        if cfg.always_save_checkpoint or improved or at_end or self.iter_num == 0:
-            self.save()  # at step 0 too: the first rollback target
-        return True
-
-    def eval_sample(self):
-        """A short sample from the model: quality you can read, next to the loss."""
-        cfg = self.cfg
-        if cfg.sample_tokens <= 0 or not (self.master or self.fsdp):  # FSDP: every process takes part
-            return None
-        try:
-            if not hasattr(self, "tokenizer"):
-                self.tokenizer = tokenizer.from_meta(self.meta["tokenizer"])
-            t = self.tokenizer
-            ids = (t.encode(cfg.sample_prompt) if cfg.sample_prompt else [t.eot_id])[-cfg.block_size:]
-        except UserError as e:
-            print(f"warning: no samples at evals: {e}")
-            self.cfg.sample_tokens = 0
-            return None
-        # a generator of its own: sampling must not move the training's random state
-        g = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        with self.ctx:
-            out = self.raw_model.generate([ids], cfg.sample_tokens, temperature=0.8, top_k=200, eot_id=t.eot_id,
-                                          generator=g)
-        return cfg.sample_prompt + t.decode(out[0])
-
-    def check_stop(self):
-        """Whether a signal asked to stop (under DDP: any process got one)."""
-        flag = self.stop_signal or 0
-        if self.world > 1:
-            t = torch.tensor([flag], device=self.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            flag = int(t.item())
-        return flag
-
-    def on_signal(self, signum, frame):
-        if self.stop_signal is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.stop_signal = signum
-        if self.master:
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop at once)",
-                  flush=True)
+    # -- the loop: steps, evals, logs ----------------------------------------------------------
 
     def run(self):
-        cfg = self.cfg
-        handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return self._loop()
+            with self.stop_request:
+                return self._loop()
         except Exception as e:
-            if is_out_of_memory(e):
-                raise UserError(out_of_memory_advice(cfg)) from None
+            if faults.is_out_of_memory(e):
+                raise UserError(faults.out_of_memory_advice(self.cfg)) from None
             raise
         finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
-            if self.metrics is not None:
-                self.metrics.close()
-            self.unlock()
-            if self.world > 1:
-                torch.distributed.barrier()  # let rank 0 finish writing before any process leaves
-                torch.distributed.destroy_process_group()
+            self.close()
+            distributed.finish(self.world)
 
     def _loop(self):
         cfg = self.cfg
@@ -864,16 +515,41 @@ class Trainer:
         return {"iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "out_dir": cfg.out_dir,
                 "stopped_by": stopped, "eval_seconds": eval_seconds}
 
-    def stop(self):
-        """A signal asked to stop: save where we are (unless a rollback is still being recovered from:
-        then the last good checkpoint stays), and say how to continue."""
-        cfg, path = self.cfg, os.path.join(self.cfg.out_dir, checkpoint.CKPT)
-        if self.recover_to is None:
-            self.save()
-        if self.master:
-            saved = (f"saved {path}" if self.recover_to is None else
-                     f"not saved while recovering from a rollback; {path} is the last good checkpoint")
-            print(f"stopped at step {self.iter_num}: {saved}; continue with --init_from=resume --out_dir={cfg.out_dir}")
+    def fetch(self):
+        # remember where the batch came from: a checkpoint written before it is trained on restarts here
+        self.loader_state = self.loader.state_dict()
+        self.X, self.Y = self.loader.next_batch()
+
+    def step(self):
+        """One optimizer step of micro_steps micro-batches; returns (loss, grad_norm, skip reason)."""
+        cfg = self.cfg
+        lr = get_lr(self.iter_num, cfg) * self.lr_scale
+        for group in self.optimizer.param_groups:  # the schedule scales every group's own base rate
+            group["lr"] = group.get("base_lr", cfg.learning_rate) * (lr / cfg.learning_rate if cfg.learning_rate else 0)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.micro_steps):
+            distributed.sync_gradients(self.model, self.raw_model, self.world, self.fsdp,
+                                       sync=micro == self.micro_steps - 1)
+            with self.ctx:  # the loss only: logits kept here would live on through the next forward
+                loss = self.model(self.X, self.Y, return_logits=False)[1] / self.micro_steps
+            loss_sum += loss.detach()
+            self.fetch()  # the next batch, while the GPU works on this one
+            self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
+                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded norm
+            grad_norm = grad_norm.full_tensor()
+        distributed.mean(loss_sum, self.world)
+        # one device sync per step: the skip decision needs the numbers
+        loss_val, norm_val = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
+        reason = self.bad_steps.check(loss_val, norm_val, self.scaler.is_enabled())
+        if reason is None:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iter_num += 1
+        return loss_val, norm_val, lr, reason
 
     def log_step(self, losses, grad_norm, lr, t_log):
         now = time.time()
@@ -889,6 +565,198 @@ class Trainer:
                               "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": round(tok_s, 1), "mfu": mfu,
                               "time": round(now - self.t0, 3)})
         return now
+
+    def eval_and_checkpoint(self, at_end):
+        """Evaluate, log, and save ckpt.pt (and best.pt). Returns False when a stop request cut the eval
+        short: the step is then saved unevaluated, and a resume evaluates it first."""
+        cfg = self.cfg
+        losses = evaluate(self.model, self.eval_loaders, cfg.eval_iters, self.ctx, self.rank, self.world,
+                          should_stop=self.check_stop)
+        if losses is None:
+            return False
+        if not cfg.eval_only and not faults.healthy(losses["val"], self.recover_to):
+            self.rollback(f"val loss {losses['val']:.4f}" + (f", worse than {self.recover_to:.4f} at the checkpoint"
+                                                             if self.recover_to is not None else ""))
+            return True
+        self.evaluated_at, self.val_loss = self.iter_num, losses["val"]
+        if self.recover_to is not None:  # back on track
+            self.recover_to, self.rollbacks = None, 0
+        improved = losses["val"] < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, losses["val"])
+        sample, task = self.eval_sample(), self.eval_task()
+        if self.master:
+            self.log_eval(losses, improved, sample, task)
+        if cfg.eval_only:
+            return True
+        if improved and self.iter_num > 0:
+            self.save(best=True)
+        if cfg.always_save_checkpoint or improved or at_end or self.iter_num == 0:
+            self.save()  # at step 0 too: the first rollback target
+        return True
+
+    def log_eval(self, losses, improved, sample, task):
+        """An eval's line, its event in metrics.jsonl (and wandb), and loss.png."""
+        cfg = self.cfg
+        ppl = math.exp(min(losses["val"], 50))
+        print(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+              f"(perplexity {ppl:.2f}){' best' if improved else ''}")
+        if sample is not None:
+            print(f"sample: {sample!r}")
+            self.metrics.log_sample(self.iter_num, sample)
+        event = {"iter": self.iter_num, "tokens": self.iter_num * self.tokens_per_iter,
+                 "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
+                 "train_ppl": math.exp(min(losses["train"], 50)), "time": round(time.time() - self.t0, 3)}
+        if "val_by_dataset" in losses:
+            event.update({f"val_loss/{n}": v for n, v in zip(self.dataset_names, losses["val_by_dataset"])})
+            print("  val loss per dataset: " + ", ".join(f"{n} {v:.4f}" for n, v in
+                                                        zip(self.dataset_names, losses["val_by_dataset"])))
+        if task is not None:
+            event.update({f"{cfg.eval_tasks}_{k}": task[k] for k in ("acc", "acc_norm")})
+            print(f"  {cfg.eval_tasks}: acc_norm {task['acc_norm']:.4f}, acc {task['acc']:.4f} ({task['examples']} examples)")
+        self.metrics.log(event)
+        if cfg.plot:
+            self.metrics.plot()
+
+    def eval_task(self):
+        """The downstream task's score at an eval (eval_tasks), or None."""
+        cfg = self.cfg
+        if not cfg.eval_tasks or not (self.master or self.fsdp):  # FSDP: every process takes part in the forwards
+            return None
+        import hellaswag
+        if not hasattr(self, "task_examples"):  # read and tokenized once, at the first eval
+            docs = hellaswag.load_docs(cfg.eval_tasks, cfg.eval_tasks_file, cfg.eval_tasks_examples)
+            self.task_examples = hellaswag.encode(docs, tokenizer.from_meta(self.meta["tokenizer"]))[0]
+        return hellaswag.score(self.raw_model, self.task_examples, cfg.batch_size, self.ctx, self.device)
+
+    def eval_sample(self):
+        """A short sample from the model: quality you can read, next to the loss."""
+        cfg = self.cfg
+        if cfg.sample_tokens <= 0 or not (self.master or self.fsdp):  # FSDP: every process takes part
+            return None
+        try:
+            if not hasattr(self, "tokenizer"):
+                self.tokenizer = tokenizer.from_meta(self.meta["tokenizer"])
+            t = self.tokenizer
+            ids = (t.encode(cfg.sample_prompt) if cfg.sample_prompt else [t.eot_id])[-cfg.block_size:]
+        except UserError as e:
+            print(f"warning: no samples at evals: {e}")
+            self.cfg.sample_tokens = 0
+            return None
+        # a generator of its own: sampling must not move the training's random state
+        g = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        with self.ctx:
+            out = self.raw_model.generate([ids], cfg.sample_tokens, temperature=0.8, top_k=200, eot_id=t.eot_id,
+                                          generator=g)
+        return cfg.sample_prompt + t.decode(out[0])
+
+    # -- faults: bad steps, rollbacks, stop requests (policies in faults.py) ---------------------
+
+    def skip(self, loss, grad_norm, reason):
+        """A bad step was not applied; too many in a row roll back. Returns whether it rolled back."""
+        self.skipped_in_a_row += 1
+        if self.master:
+            print(f"step {self.iter_num}: skipped ({reason})")
+            self.metrics.log({"iter": self.iter_num, "skipped": reason, "loss": loss, "grad_norm": grad_norm})
+        if self.skipped_in_a_row >= self.cfg.max_skipped_steps:
+            self.rollback(f"{self.cfg.max_skipped_steps} bad steps in a row")
+            return True
+        return False
+
+    def rollback(self, why):
+        """Back to the last checkpoint with the learning rate halved (again for each further rollback).
+        Until an eval is back to that checkpoint's val loss, nothing is saved over it; a run that does
+        not get back after faults.MAX_ROLLBACKS tries stops with an error, its last good checkpoint intact."""
+        path = os.path.join(self.cfg.out_dir, checkpoint.CKPT)
+        rollbacks = self.rollbacks + 1
+        if rollbacks > faults.MAX_ROLLBACKS:
+            raise UserError(f"training keeps failing ({why} at step {self.iter_num}) after rolling back "
+                            f"{faults.MAX_ROLLBACKS} times, each with half the learning rate; {path} is the last good "
+                            f"checkpoint. Lower learning_rate, raise warmup_iters, or check the data")
+        failed_at = self.iter_num
+        self.load_state_dict(checkpoint.load(path, self.device))
+        self.rollbacks = rollbacks
+        self.recover_to = self.val_loss  # None for checkpoints from before val_loss was saved: no check
+        self.lr_scale *= 0.5 ** self.rollbacks
+        self.skipped_in_a_row = 0
+        self.fetch()
+        if self.master:
+            print(f"{why} at step {failed_at}: rolled back to step {self.iter_num} ({path}) with the learning "
+                  f"rate scaled by {self.lr_scale:g}")
+            self.metrics.log({"iter": self.iter_num, "rollback_from": failed_at, "lr_scale": self.lr_scale})
+
+    def check_stop(self):
+        """The signal that asked to stop (under DDP: that any process got), or 0."""
+        return distributed.any_process(self.stop_request.signum or 0, self.world, self.device)
+
+    def stop(self):
+        """A signal asked to stop: save where we are (unless a rollback is still being recovered from:
+        then the last good checkpoint stays), and say how to continue."""
+        cfg, path = self.cfg, os.path.join(self.cfg.out_dir, checkpoint.CKPT)
+        if self.recover_to is None:
+            self.save()
+        if self.master:
+            saved = (f"saved {path}" if self.recover_to is None else
+                     f"not saved while recovering from a rollback; {path} is the last good checkpoint")
+            print(f"stopped at step {self.iter_num}: {saved}; continue with --init_from=resume --out_dir={cfg.out_dir}")
+
+    # -- checkpoints: the whole run's state ------------------------------------------------------
+
+    def state_dict(self, full=True):
+        """The checkpoint. Under FSDP every process must call this (it gathers the shards)."""
+        state = {"model": distributed.model_state(self.raw_model),
+                 "model_args": self.model_args, "config": config_dict(self.cfg), "tokenizer": self.meta["tokenizer"],
+                 "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss,
+                 "evaluated_at": self.evaluated_at}
+        if full:
+            rng = {"torch": distributed.gather(torch.get_rng_state(), self.world)}
+            if self.device_type == "cuda":
+                rng["cuda"] = distributed.gather(torch.cuda.get_rng_state(self.device), self.world)
+            # optimizer state keyed by parameter name, so a checkpoint moves between DDP and FSDP
+            state.update(optimizer=distributed.optimizer_state(self.raw_model, self.optimizer),
+                         scaler=self.scaler.state_dict(), loader=self.loader_state, rng=rng, lr_scale=self.lr_scale,
+                         recent_losses=list(self.bad_steps.recent), rollbacks=self.rollbacks,
+                         recover_to=self.recover_to)
+        return state
+
+    def load_state_dict(self, ckpt):
+        distributed.load_model_state(self.raw_model, ckpt["model"])
+        distributed.load_optimizer_state(self.raw_model, self.optimizer, ckpt["optimizer"])
+        for group, hyper in zip(self.optimizer.param_groups, self.hyper):
+            group.update(hyper)  # --learning_rate, --weight_decay, --beta1/2 on resume take effect
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.loader.load_state_dict(ckpt["loader"])
+        self.loader_state = self.loader.state_dict()
+        self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        self.lr_scale = ckpt.get("lr_scale", 1.0)
+        self.val_loss = ckpt.get("val_loss")
+        self.evaluated_at = ckpt.get("evaluated_at", self.iter_num)  # older checkpoints: saved after their eval
+        self.rollbacks, self.recover_to = ckpt.get("rollbacks", 0), ckpt.get("recover_to")
+        self.bad_steps = faults.BadSteps(self.cfg.spike_threshold, ckpt.get("recent_losses", ()))
+        states = ckpt["rng"]["torch"]
+        if len(states) == self.world:
+            torch.set_rng_state(states[self.rank].cpu())
+        else:  # another number of processes: the data order continues, dropout draws anew
+            torch.manual_seed(self.cfg.seed + self.rank + self.iter_num)
+        if self.device_type == "cuda" and len(ckpt["rng"].get("cuda", [])) == self.world:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][self.rank].cpu(), self.device)
+
+    def save(self, best=False):
+        """Write ckpt.pt (or best.pt, weights only); with keep_last_n, keep older ckpt.pt's by hard link."""
+        state = self.state_dict(full=not best)
+        if not self.master:
+            return
+        out = self.cfg.out_dir
+        path = os.path.join(out, checkpoint.BEST if best else checkpoint.CKPT)
+        checkpoint.save(state, path)
+        if best or not self.cfg.keep_last_n:
+            return
+        numbered = os.path.join(out, f"ckpt_{self.iter_num:07d}.pt")
+        if os.path.exists(numbered):
+            os.remove(numbered)
+        os.link(path, numbered)  # costs no space until ckpt.pt is replaced
+        old = sorted(f for f in os.listdir(out) if checkpoint.numbered(f))
+        for f in old[:-self.cfg.keep_last_n]:
+            os.remove(os.path.join(out, f))
 
 
 def train(cfg, overrides=None):
