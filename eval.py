@@ -96,7 +96,8 @@ def evaluate(cfg, info=None):
     if cfg.batch_size < 1 or cfg.stride < 0:
         raise UserError("batch_size must be at least 1 and stride at least 0")
     if cfg.split not in ("train", "val"):  # a name, never a pattern: '*' would score both splits as one
-        raise UserError(f"split={cfg.split!r}: expected train or val")
+        raise UserError(f"split={cfg.split!r}: there are no {cfg.split} shards; a split is a name, train or val, "
+                        f"not a pattern")
     device, ctx = inference_device(cfg.device, cfg.dtype)
     if cfg.task:
         return evaluate_task(cfg, device, ctx, info)

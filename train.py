@@ -190,7 +190,7 @@ def check_config(cfg):
     if isinstance(cfg.dataset, dict) and (not cfg.dataset or not all(
             isinstance(k, str) and isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
             for k, w in cfg.dataset.items())):
-        raise UserError(f"dataset={cfg.dataset!r}: a mix is {{'name': weight, ...}} with positive, finite weights")
+        raise UserError(f"dataset={cfg.dataset!r}: a mix is {{'name': weight, ...}} with positive weights (finite numbers)")
     if cfg.init_from not in ("scratch", "resume") and not os.path.isdir(cfg.init_from):
         raise UserError(f"init_from={cfg.init_from!r}: expected scratch, resume, or a Hugging Face GPT-2 directory")
     try:

@@ -118,7 +118,7 @@ CASES = {
     "unknown init_from": ("train", lambda c: ([*train_args(c.data, c.tmp / "o"), "--init_from=gpt3"],
                                               ["init_from='gpt3'"])),
     "mix weight 1e400": ("train", lambda c: (
-        [*train_args(c.data, c.tmp / "o"), "--dataset={'tiny_char': 1e400}"], ["dataset=", "finite"])),
+        [*train_args(c.data, c.tmp / "o"), "--dataset={'tiny_char': 1e400}"], ["dataset=", "finite numbers"])),
     "negative mix weight": ("train", lambda c: (
         [*train_args(c.data, c.tmp / "o"), "--dataset={'tiny_char': -1}"], ["dataset=", "positive"])),
     "empty mix": ("train", lambda c: ([*train_args(c.data, c.tmp / "o"), "--dataset={}"], ["dataset={}"])),
