@@ -18,6 +18,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
+if __name__ == "__main__":  # Ctrl-C while the imports load exits quietly; run() gives it back its usual meaning
+    __import__("configurator").quiet_interrupts()
 import torch
 
 from configurator import UserError, parse_args, run

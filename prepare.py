@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Optional
 
+if __name__ == "__main__":  # Ctrl-C while the imports load exits quietly; run() gives it back its usual meaning
+    __import__("configurator").quiet_interrupts()
 import numpy as np
 
 import tokenizer as tok

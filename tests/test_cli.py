@@ -91,12 +91,12 @@ def test_user_mistakes_are_one_line_errors(workdir):
     assert_clean_error(cli("eval.py", "--out_dir", "nothing", cwd=workdir), "no checkpoint")
 
 
-# Ctrl-C exactly while torch is being imported: the first `import torch` sends SIGINT to the process
+# Ctrl-C exactly while the heavy imports load: the first `import torch` (or numpy) sends SIGINT to the process
 CTRL_C_DURING_IMPORTS = """
 import builtins, os, runpy, signal, sys
 real = builtins.__import__
 def hooked(name, *a, **k):
-    if name == "torch" and "torch" not in sys.modules:
+    if name in ("torch", "numpy") and name not in sys.modules:
         os.kill(os.getpid(), signal.SIGINT)
     return real(name, *a, **k)
 builtins.__import__ = hooked
@@ -106,7 +106,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("script", ["train.py", "sample.py", "eval.py", "export.py"])
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "eval.py", "export.py", "prepare.py", "bench.py"])
 def test_ctrl_c_while_torch_loads_exits_quietly(script, tmp_path):
     r = subprocess.run([sys.executable, "-c", CTRL_C_DURING_IMPORTS, os.path.join(ROOT, script)], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
