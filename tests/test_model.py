@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import hf
-from model import GPT, GPTConfig, estimate_mfu, peak_flops, sample_next
+from generate import sample_next
+from model import GPT, GPTConfig, estimate_mfu, peak_flops
 
 
 def small_model(seed=0, **kw):
