@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from configurator import UserError, parse_args, run
-from model import GPT, GPTConfig, estimate_mfu
+from metrics import estimate_mfu
+from model import GPT, GPTConfig
 from sample import inference_device
 
 

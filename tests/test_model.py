@@ -5,7 +5,8 @@ import torch
 
 import hf
 from generate import sample_next
-from model import GPT, GPTConfig, estimate_mfu, peak_flops
+from metrics import estimate_mfu, peak_flops
+from model import GPT, GPTConfig
 
 
 def small_model(seed=0, **kw):
