@@ -335,15 +335,3 @@ class GPT(Generation, nn.Module):  # generate() and generate_stream(): generate.
         else:
             activations = c.n_layer * per_layer
         return 16 * self.get_num_params() + activations + 12 * tokens * padded_vocab_size(c)
-
-
-def state_dict_mismatch(expected, state):
-    """The first way `state` differs from `expected` in tensor names and shapes, or None: one line
-    where load_state_dict would raise a page of them."""
-    for name, t in expected.items():
-        if name not in state:
-            return f"{name} is missing"
-        if tuple(state[name].shape) != tuple(t.shape):
-            return f"{name} has shape {tuple(state[name].shape)} where the config implies {tuple(t.shape)}"
-    extra = sorted(state.keys() - expected.keys())
-    return f"unexpected tensor {extra[0]}" if extra else None
