@@ -138,13 +138,12 @@ class Generation:
 
     def _next_logits(self, seqs, cache, refill=(), step=None):
         """(B, vocab) logits for the next token of every sequence."""
+        device = self.lm_head.weight.device
         if cache is None:  # full recomputation over the last block_size tokens of each row
             window = [s[-self.config.block_size:] for s in seqs]
-            if len({len(w) for w in window}) == 1:
-                return self(torch.tensor(window, device=self.lm_head.weight.device))[0][:, -1]
-            return torch.cat([self(torch.tensor([w], device=self.lm_head.weight.device))[0][:, -1]
-                              for w in window])
-        device = cache.lengths.device
+            if len({len(w) for w in window}) == 1:  # one batch when the rows are as long, else one by one
+                return self(torch.tensor(window, device=device))[0][:, -1]
+            return torch.cat([self(torch.tensor([w], device=device))[0][:, -1] for w in window])
         last = {}
         for i in refill:  # (re)fill a row's cache from its text, keeping the newest half when it is full
             keep = seqs[i] if step is None else seqs[i][-(self.config.block_size // 2) - 1:-1]
