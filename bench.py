@@ -23,7 +23,8 @@ if __name__ == "__main__":  # Ctrl-C while the imports load exits quietly; run()
 import torch
 
 from configurator import UserError, parse_args, run
-from model import GPT, GPTConfig, estimate_mfu
+from metrics import estimate_mfu
+from model import GPT, GPTConfig
 from sample import inference_device
 import tokenizer as tok
 

@@ -104,6 +104,18 @@ def load(path, device="cpu"):
     return obj
 
 
+def state_dict_mismatch(expected, state):
+    """The first way `state` differs from `expected` in tensor names and shapes, or None: one line
+    where load_state_dict would raise a page of them."""
+    for name, t in expected.items():
+        if name not in state:
+            return f"{name} is missing"
+        if tuple(state[name].shape) != tuple(t.shape):
+            return f"{name} has shape {tuple(state[name].shape)} where the config implies {tuple(t.shape)}"
+    extra = sorted(state.keys() - expected.keys())
+    return f"unexpected tensor {extra[0]}" if extra else None
+
+
 def lock(out_dir):
     """Hold out_dir for this run (see shards.hold_lock): a second run on it gets one line naming us."""
     return hold_lock(os.path.join(out_dir, LOCK), lambda holder: (

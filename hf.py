@@ -23,8 +23,9 @@ from dataclasses import asdict, replace
 
 import torch
 
+from checkpoint import state_dict_mismatch
 from configurator import UserError
-from model import GPT, GPTConfig, padded_vocab_size, state_dict_mismatch
+from model import GPT, GPTConfig, padded_vocab_size
 from tokenizer import EOT_TEXT, GPT2Tokenizer, bytes_to_unicode, same_tokenizer
 
 VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")  # one row per token id

@@ -1,13 +1,16 @@
 """
 What a run reports: metrics.jsonl (one JSON object per log line or eval), the same events in
 Weights & Biases when asked, and loss.png, a loss curve refreshed at every eval, because people
-would rather look at a curve than read numbers.
+would rather look at a curve than read numbers. And MFU, the share of the GPU's peak a run
+achieves, which train.py logs and bench.py reports.
 """
 
 import html
 import json
 import os
 import sys
+
+import torch
 
 from configurator import UserError
 
@@ -106,3 +109,34 @@ def plot_losses(events, path):
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+# dense bf16 tensor-core peaks, FLOP/s, from the vendors' datasheets (without sparsity). The name CUDA
+# reports decides: H100 SXM is "NVIDIA H100 80GB HBM3", the PCIe card "NVIDIA H100 PCIe" (lower clocks
+# and power: 756 against 989), NVL "NVIDIA H100 NVL"; the longest key contained in the name wins
+PEAK_FLOPS = {
+    "H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H200 NVL": 835e12,
+    "H800": 989e12, "H800 PCIe": 756e12, "GH200": 989e12,
+    "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12, "MI300X": 1307e12,
+}
+
+
+def peak_flops(device, name=None):
+    """The device's bf16 peak in FLOP/s, or None when unknown (and always on CPU). name: a GPU name as
+    torch.cuda.get_device_name gives it, instead of asking the device."""
+    if name is None:
+        if torch.device(device).type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(device)
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # longest first: 'L40S' before 'L4'
+        if key in name:
+            return PEAK_FLOPS[key]
+    return None
+
+
+def estimate_mfu(flops_per_token, tokens_per_sec, device):
+    """Model FLOPs utilization: achieved training FLOP/s over the device's dense bf16 peak; None where
+    unknown. The FLOPs are GPT.flops_per_token's (6N + 12 L C T, PaLM's formula), whatever the dtype."""
+    peak = peak_flops(device)
+    return None if peak is None else flops_per_token * tokens_per_sec / peak

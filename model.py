@@ -10,6 +10,8 @@ Switches in GPTConfig turn on the changes that made later GPTs train faster (rot
 RMSNorm, QK-norm, ReLU^2 or SwiGLU MLPs, an untied head, zero-initialized projections, logit
 soft-capping); all off is GPT-2 classic, the default. docs/recipes.md measures what each buys.
 
+Generation (the KV cache, sampling) lives in generate.py: GPT inherits its generate().
+
 References:
 1) OpenAI's GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
 2) nanoGPT, whose model.py set the style of this one: https://github.com/karpathy/nanoGPT
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from generate import Generation
 
 
 @dataclass
@@ -105,7 +109,7 @@ class CausalSelfAttention(nn.Module):
             # scaled_dot_product_attention picks FlashAttention on GPUs that have it
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                                is_causal=True)
-        else:
+        else:  # generating: the cache (generate.py's KVCache) stores k, v and hands back the whole past
             k, v, mask = cache.update(layer, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
@@ -158,60 +162,6 @@ class Block(nn.Module):
         return x
 
 
-class KVCache:
-    """The keys and values of every layer for a batch of sequences, so generating a token costs one
-    position's forward instead of the whole context's. Each row has its own length: prompts of
-    different lengths decode together, each at its own position."""
-
-    def __init__(self, config, batch_size, device):
-        self.n_layer, self.block_size = config.n_layer, config.block_size
-        self.k = [None] * config.n_layer  # (B, n_head, block_size, head_size), allocated at first use
-        self.v = [None] * config.n_layer
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self._parent, self._i = None, None
-
-    def positions(self, T):
-        """(B, T) positions of the T tokens about to be fed."""
-        return self.lengths[:, None] + torch.arange(T, device=self.lengths.device)
-
-    def update(self, layer, k, v):
-        """Store this step's k, v (B, nh, T, hs) at each row's positions; return the keys and values
-        to attend over and the mask that lets each query see its own row's past only."""
-        B, nh, T, hs = k.shape
-        if self.k[layer] is None:
-            self._allocate(layer, k)
-        pos = self.positions(T)
-        rows = torch.arange(B, device=pos.device)[:, None]
-        self.k[layer][rows, :, pos] = k.transpose(1, 2)  # advanced indexing: (B, T, nh, hs)
-        self.v[layer][rows, :, pos] = v.transpose(1, 2)
-        S = int(pos.max()) + 1
-        mask = torch.arange(S, device=pos.device) <= pos[:, None, :, None]  # (B, 1, T, S)
-        return self.k[layer][:, :, :S], self.v[layer][:, :, :S], mask
-
-    def _allocate(self, layer, like):
-        if self._parent is not None:  # a row view: storage lives in the parent, shared
-            self._parent._allocate(layer, like)
-            self.k[layer] = self._parent.k[layer][self._i:self._i + 1]
-            self.v[layer] = self._parent.v[layer][self._i:self._i + 1]
-            return
-        _, nh, _, hs = like.shape
-        self.k[layer] = like.new_zeros(len(self.lengths), nh, self.block_size, hs)
-        self.v[layer] = like.new_zeros(len(self.lengths), nh, self.block_size, hs)
-
-    def advance(self, T):
-        self.lengths += T
-
-    def row(self, i):
-        """A one-row cache that shares row i's storage, to fill or refill one sequence alone."""
-        view = KVCache.__new__(KVCache)
-        view.n_layer, view.block_size = self.n_layer, self.block_size
-        view.k = [None if t is None else t[i:i + 1] for t in self.k]
-        view.v = [None if t is None else t[i:i + 1] for t in self.v]
-        view.lengths = self.lengths[i:i + 1]  # a view: advancing it advances row i
-        view._parent, view._i = self, i
-        return view
-
-
 def check_config(config):
     """A one-line ValueError for a GPTConfig that cannot be built."""
     if config.n_embd % config.n_head:
@@ -233,7 +183,7 @@ def padded_vocab_size(config):
     return math.ceil(config.vocab_size / config.pad_vocab_to) * config.pad_vocab_to
 
 
-class GPT(nn.Module):
+class GPT(Generation, nn.Module):  # generate() and generate_stream(): generate.py
 
     def __init__(self, config):
         super().__init__()
@@ -296,22 +246,16 @@ class GPT(nn.Module):
         gives (None, loss): training needs only the loss, and a (B, T, vocab) tensor held by the caller
         would stay alive through the next forward (1.6 GB for GPT-2 at batch 16 in bf16)."""
         B, T = idx.size()
-        # T is a Python int: without a cache this check costs no device sync and no torch.compile graph break
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} positions is longer than block_size {self.config.block_size}")
-        if cache is None:
-            pos = torch.arange(T, device=idx.device)
-        else:
-            pos = cache.positions(T)
-            if int(pos.max()) >= self.config.block_size:  # a sync, but generation is never compiled
-                raise ValueError(f"sequence of {int(pos.max()) + 1} positions is longer than block_size "
-                                 f"{self.config.block_size}")
+        pos = torch.arange(T, device=idx.device) if cache is None else cache.positions(T)
+        # without a cache T is a Python int: the check costs no device sync and no torch.compile graph
+        # break; with one, reading the cache's positions syncs, but generation is never compiled
+        end = T if cache is None else int(pos.max()) + 1
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} positions is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx)
-        rotary = None
-        if self.config.rope:
-            rotary = self.rotary(pos)
-        else:
-            x = x + self.transformer.wpe(pos)
+        rotary = self.rotary(pos) if self.config.rope else None  # rotary positions act inside attention
+        if rotary is None:
+            x = x + self.transformer.wpe(pos)  # learned positions: added to the token embeddings
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             if self.gradient_checkpointing and self.training and cache is None:
@@ -385,134 +329,3 @@ class GPT(nn.Module):
         else:
             activations = c.n_layer * per_layer
         return 16 * self.get_num_params() + activations + 12 * tokens * padded_vocab_size(c)
-
-    # ---------------------------------------------------------------------------------------------
-    # generation
-
-    @torch.no_grad()
-    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eot_id=None,
-                 use_cache=True, generator=None):
-        """Continue each prompt (a list of token lists, or a (B, T) tensor); returns the new tokens of
-        each, without the end-of-text token that stops a row early."""
-        out = [[] for _ in range(len(prompts))]
-        for step in self.generate_stream(prompts, max_new_tokens, temperature, top_k, top_p, eot_id,
-                                         use_cache, generator):
-            for i, t in enumerate(step.tolist()):
-                if t >= 0 and t != eot_id:
-                    out[i].append(t)
-        return out
-
-    @torch.no_grad()
-    def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eot_id=None,
-                        use_cache=True, generator=None):
-        """Yield a (B,) tensor of next tokens per step; a row that has produced eot_id yields -1 from
-        then on, and the stream ends when every row has. Past block_size, the cache keeps the newest
-        half of the context and refills, while full recomputation slides a block_size window."""
-        if isinstance(prompts, torch.Tensor):
-            prompts = prompts.tolist()
-        was_training = self.training
-        self.eval()
-        device = self.lm_head.weight.device
-        seqs = [list(p)[-self.config.block_size:] for p in prompts]
-        if any(len(s) == 0 for s in seqs):
-            raise ValueError("empty prompt: start from the end-of-text token instead")
-        B = len(seqs)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        cache = KVCache(self.config, B, device) if use_cache else None
-        logits = self._next_logits(seqs, cache, refill=range(B))
-        try:
-            for _ in range(max_new_tokens):
-                nxt = sample_next(logits, temperature, top_k, top_p, generator)
-                nxt = torch.where(done, -1, nxt)
-                yield nxt
-                if eot_id is not None:
-                    done |= nxt == eot_id
-                    if bool(done.all()):
-                        break
-                for s, t in zip(seqs, nxt.tolist()):
-                    s.append(t if t >= 0 else eot_id)
-                full = (cache.lengths >= self.config.block_size).nonzero().flatten().tolist() if use_cache else []
-                logits = self._next_logits(seqs, cache, refill=full, step=nxt.clamp(min=0))
-        finally:
-            self.train(was_training)
-
-    def _next_logits(self, seqs, cache, refill=(), step=None):
-        """(B, vocab) logits for the next token of every sequence."""
-        if cache is None:  # full recomputation over the last block_size tokens of each row
-            window = [s[-self.config.block_size:] for s in seqs]
-            if len({len(w) for w in window}) == 1:
-                return self(torch.tensor(window, device=self.lm_head.weight.device))[0][:, -1]
-            return torch.cat([self(torch.tensor([w], device=self.lm_head.weight.device))[0][:, -1]
-                              for w in window])
-        device = cache.lengths.device
-        last = {}
-        for i in refill:  # (re)fill a row's cache from its text, keeping the newest half when it is full
-            keep = seqs[i] if step is None else seqs[i][-(self.config.block_size // 2) - 1:-1]
-            row = cache.row(i)
-            row.lengths.zero_()
-            last[i] = self(torch.tensor([keep], device=device), cache=row)[0][:, -1]
-        if step is None:
-            return torch.cat([last[i] for i in range(len(seqs))])
-        return self(step[:, None], cache=cache)[0][:, -1]
-
-
-def state_dict_mismatch(expected, state):
-    """The first way `state` differs from `expected` in tensor names and shapes, or None: one line
-    where load_state_dict would raise a page of them."""
-    for name, t in expected.items():
-        if name not in state:
-            return f"{name} is missing"
-        if tuple(state[name].shape) != tuple(t.shape):
-            return f"{name} has shape {tuple(state[name].shape)} where the config implies {tuple(t.shape)}"
-    extra = sorted(state.keys() - expected.keys())
-    return f"unexpected tensor {extra[0]}" if extra else None
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token per row from (B, vocab) logits. temperature 0 is greedy; top_k keeps the k most likely
-    tokens; top_p keeps the smallest set whose probability reaches p (nucleus sampling)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        # drop a token when the ones before it already reach top_p (so the first token always stays)
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-
-
-# dense bf16 tensor-core peaks, FLOP/s, from the vendors' datasheets (without sparsity). The name CUDA
-# reports decides: H100 SXM is "NVIDIA H100 80GB HBM3", the PCIe card "NVIDIA H100 PCIe" (lower clocks
-# and power: 756 against 989), NVL "NVIDIA H100 NVL"; the longest key contained in the name wins
-PEAK_FLOPS = {
-    "H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H200 NVL": 835e12,
-    "H800": 989e12, "H800 PCIe": 756e12, "GH200": 989e12,
-    "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12, "MI300X": 1307e12,
-}
-
-
-def peak_flops(device, name=None):
-    """The device's bf16 peak in FLOP/s, or None when unknown (and always on CPU). name: a GPU name as
-    torch.cuda.get_device_name gives it, instead of asking the device."""
-    if name is None:
-        if torch.device(device).type != "cuda":
-            return None
-        name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # longest first: 'L40S' before 'L4'
-        if key in name:
-            return PEAK_FLOPS[key]
-    return None
-
-
-def estimate_mfu(flops_per_token, tokens_per_sec, device):
-    """Model FLOPs utilization: achieved training FLOP/s over the device's dense bf16 peak; None where
-    unknown. The FLOPs are GPT.flops_per_token's (6N + 12 L C T, PaLM's formula), whatever the dtype."""
-    peak = peak_flops(device)
-    return None if peak is None else flops_per_token * tokens_per_sec / peak

@@ -23,7 +23,7 @@ import torch
 import checkpoint
 import hf
 from configurator import UserError, parse_args, run
-from model import GPT, GPTConfig, state_dict_mismatch
+from model import GPT, GPTConfig
 from tokenizer import from_meta
 from train import autocast, resolve_device, resolve_dtype
 
@@ -70,7 +70,7 @@ def load_model(out_dir, device):
         ckpt = checkpoint.load(path, device)
     try:
         model = GPT(GPTConfig(**ckpt["model_args"]))
-        problem = state_dict_mismatch(model.state_dict(), ckpt["model"])
+        problem = checkpoint.state_dict_mismatch(model.state_dict(), ckpt["model"])
         if problem:
             raise UserError(f"{path}: the weights do not match the model config saved with them: {problem}")
         model.load_state_dict(ckpt["model"])

@@ -31,10 +31,10 @@ import hf
 import tokenizer
 from configurator import UserError, check_types, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
-from metrics import Metrics
+from metrics import Metrics, estimate_mfu
 import model
 import plan
-from model import GPT, GPTConfig, estimate_mfu
+from model import GPT, GPTConfig
 from shards import check_tokens, read_header, read_meta, shard_paths
 
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import hf
-from model import GPT, GPTConfig, estimate_mfu, peak_flops, sample_next
+from generate import sample_next
+from metrics import estimate_mfu, peak_flops
+from model import GPT, GPTConfig
 
 
 def small_model(seed=0, **kw):

@@ -1,0 +1,155 @@
+"""
+Generation: continue prompts one token at a time, with a KV cache so each new token costs one
+position's forward instead of the whole context's.
+
+GPT inherits Generation, so `model.generate(prompts, 100)` reads as in nanoGPT while model.py keeps
+only the model: a reader of the architecture needs nothing here, and training never runs it. The
+attention layers take the cache as a plain argument and call only its positions, update and advance
+(nanochat splits its engine.py from gpt.py the same way).
+"""
+
+import torch
+from torch.nn import functional as F
+
+
+class KVCache:
+    """The keys and values of every layer for a batch of sequences, so generating a token costs one
+    position's forward instead of the whole context's. Each row has its own length: prompts of
+    different lengths decode together, each at its own position."""
+
+    def __init__(self, config, batch_size, device):
+        self.n_layer, self.block_size = config.n_layer, config.block_size
+        self.k = [None] * config.n_layer  # (B, n_head, block_size, head_size), allocated at first use
+        self.v = [None] * config.n_layer
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self._parent, self._i = None, None
+
+    def positions(self, T):
+        """(B, T) positions of the T tokens about to be fed."""
+        return self.lengths[:, None] + torch.arange(T, device=self.lengths.device)
+
+    def update(self, layer, k, v):
+        """Store this step's k, v (B, nh, T, hs) at each row's positions; return the keys and values
+        to attend over and the mask that lets each query see its own row's past only."""
+        B, nh, T, hs = k.shape
+        if self.k[layer] is None:
+            self._allocate(layer, k)
+        pos = self.positions(T)
+        rows = torch.arange(B, device=pos.device)[:, None]
+        self.k[layer][rows, :, pos] = k.transpose(1, 2)  # advanced indexing: (B, T, nh, hs)
+        self.v[layer][rows, :, pos] = v.transpose(1, 2)
+        S = int(pos.max()) + 1
+        mask = torch.arange(S, device=pos.device) <= pos[:, None, :, None]  # (B, 1, T, S)
+        return self.k[layer][:, :, :S], self.v[layer][:, :, :S], mask
+
+    def _allocate(self, layer, like):
+        if self._parent is not None:  # a row view: storage lives in the parent, shared
+            self._parent._allocate(layer, like)
+            self.k[layer] = self._parent.k[layer][self._i:self._i + 1]
+            self.v[layer] = self._parent.v[layer][self._i:self._i + 1]
+            return
+        _, nh, _, hs = like.shape
+        self.k[layer] = like.new_zeros(len(self.lengths), nh, self.block_size, hs)
+        self.v[layer] = like.new_zeros(len(self.lengths), nh, self.block_size, hs)
+
+    def advance(self, T):
+        self.lengths += T
+
+    def row(self, i):
+        """A one-row cache that shares row i's storage, to fill or refill one sequence alone."""
+        view = KVCache.__new__(KVCache)
+        view.n_layer, view.block_size = self.n_layer, self.block_size
+        view.k = [None if t is None else t[i:i + 1] for t in self.k]
+        view.v = [None if t is None else t[i:i + 1] for t in self.v]
+        view.lengths = self.lengths[i:i + 1]  # a view: advancing it advances row i
+        view._parent, view._i = self, i
+        return view
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row from (B, vocab) logits. temperature 0 is greedy; top_k keeps the k most likely
+    tokens; top_p keeps the smallest set whose probability reaches p (nucleus sampling)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the ones before it already reach top_p (so the first token always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+class Generation:
+    """generate() and generate_stream() for a GPT (model.py); they use its config, forward and lm_head.
+    A mixin rather than functions of the model, so callers and tests keep nanoGPT's model.generate()."""
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eot_id=None,
+                 use_cache=True, generator=None):
+        """Continue each prompt (a list of token lists, or a (B, T) tensor); returns the new tokens of
+        each, without the end-of-text token that stops a row early."""
+        out = [[] for _ in range(len(prompts))]
+        for step in self.generate_stream(prompts, max_new_tokens, temperature, top_k, top_p, eot_id,
+                                         use_cache, generator):
+            for i, t in enumerate(step.tolist()):
+                if t >= 0 and t != eot_id:
+                    out[i].append(t)
+        return out
+
+    @torch.no_grad()
+    def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eot_id=None,
+                        use_cache=True, generator=None):
+        """Yield a (B,) tensor of next tokens per step; a row that has produced eot_id yields -1 from
+        then on, and the stream ends when every row has. Past block_size, the cache keeps the newest
+        half of the context and refills, while full recomputation slides a block_size window."""
+        if isinstance(prompts, torch.Tensor):
+            prompts = prompts.tolist()
+        was_training = self.training
+        self.eval()
+        device = self.lm_head.weight.device
+        seqs = [list(p)[-self.config.block_size:] for p in prompts]
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("empty prompt: start from the end-of-text token instead")
+        B = len(seqs)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        cache = KVCache(self.config, B, device) if use_cache else None
+        logits = self._next_logits(seqs, cache, refill=range(B))
+        try:
+            for _ in range(max_new_tokens):
+                nxt = sample_next(logits, temperature, top_k, top_p, generator)
+                nxt = torch.where(done, -1, nxt)
+                yield nxt
+                if eot_id is not None:
+                    done |= nxt == eot_id
+                    if bool(done.all()):
+                        break
+                for s, t in zip(seqs, nxt.tolist()):
+                    s.append(t if t >= 0 else eot_id)
+                full = (cache.lengths >= self.config.block_size).nonzero().flatten().tolist() if use_cache else []
+                logits = self._next_logits(seqs, cache, refill=full, step=nxt.clamp(min=0))
+        finally:
+            self.train(was_training)
+
+    def _next_logits(self, seqs, cache, refill=(), step=None):
+        """(B, vocab) logits for the next token of every sequence."""
+        device = self.lm_head.weight.device
+        if cache is None:  # full recomputation over the last block_size tokens of each row
+            window = [s[-self.config.block_size:] for s in seqs]
+            if len({len(w) for w in window}) == 1:  # one batch when the rows are as long, else one by one
+                return self(torch.tensor(window, device=device))[0][:, -1]
+            return torch.cat([self(torch.tensor([w], device=device))[0][:, -1] for w in window])
+        last = {}
+        for i in refill:  # (re)fill a row's cache from its text, keeping the newest half when it is full
+            keep = seqs[i] if step is None else seqs[i][-(self.config.block_size // 2) - 1:-1]
+            row = cache.row(i)
+            row.lengths.zero_()
+            last[i] = self(torch.tensor([keep], device=device), cache=row)[0][:, -1]
+        if step is None:
+            return torch.cat([last[i] for i in range(len(seqs))])
+        return self(step[:, None], cache=cache)[0][:, -1]
