@@ -2,7 +2,7 @@
 # Prepare the data first:
 #   python prepare.py --input assets/tinyshakespeare.txt --tokenizer char --name shakespeare_char
 # nanoGPT reports val loss 1.4697 after about 3 minutes on one A100 with this recipe.
-# On a CPU, the README's smaller variant (its quick start) reaches val 1.76 in about 100 s on 2 cores
+# On a CPU, the README's smaller variant (its quick start) reaches val 1.76 in 68 to 100 s on 2 cores
 # (docs/benchmarks.md), where nanoGPT's own code reaches 1.89.
 
 out_dir = 'out/shakespeare_char'
