@@ -43,8 +43,11 @@ def run(main):
     try:
         main()
     except UserError as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every process finds the mistake: one says it
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
             print(f"error: {e}", file=sys.stderr)
+        elif not getattr(e, "every_rank", False):  # under torchrun a mistake in the set-up is every process's:
+            print(f"error: [rank {rank}] {e}", file=sys.stderr)  # rank 0 says it; others speak for themselves
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -291,8 +291,10 @@ class Trainer:
             hf_args, hf_state = self.setup_data(ckpt, overrides)
             self.setup_model(ckpt, hf_args, hf_state)
             self.setup_state(ckpt)
-        except BaseException:
+        except BaseException as e:
             self.close()
+            if isinstance(e, UserError):
+                e.every_rank = True  # the config and the data are the same on every process (configurator.run)
             raise
         if self.master:
             self.print_header()
