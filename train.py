@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning

@@ -1,7 +1,6 @@
 """Shared fixtures. Tests run on CPU, offline: the text and the GPT-2 ranks come from assets/."""
 
 import os
-import shutil
 import sys
 
 import pytest

@@ -264,7 +264,7 @@ def test_killed_and_stopped_again_and_again_ends_as_the_uninterrupted_run(data_r
         expected = 128 + signal.SIGTERM if mode.startswith("term") else -signal.SIGKILL
         assert r.returncode == expected, (mode, n, r.stdout[-2000:], r.stderr[-2000:])
         assert "Traceback" not in r.stderr
-        args = [f"--init_from=resume", f"--out_dir={out}"]
+        args = ["--init_from=resume", f"--out_dir={out}"]
     train(TrainConfig(init_from="resume", out_dir=str(out)), {"init_from": "resume", "out_dir": str(out)})
     assert events(out) == events(reference)  # every step and eval event, in order, with the same numbers
     assert_same_weights(weights(out / "best.pt"), weights(reference / "best.pt"))
