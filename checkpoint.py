@@ -87,9 +87,11 @@ def save(obj, path):
     os.replace(tmp, path)  # the moment the new checkpoint takes the old one's place
 
 
-def load(path, device="cpu"):
+def load(path):
+    """A checkpoint, read into CPU memory (where its checksum is computed) and checked; whoever loads it
+    into a model copies the tensors to the model's device."""
     try:
-        obj = torch.load(path, map_location=device, weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(f"{path} holds pickled Python objects, which could run code when loaded; refusing it "
                         f"({str(e).splitlines()[0][:120]})") from None

@@ -67,7 +67,7 @@ def load_model(out_dir, device):
         path, ckpt = out_dir, {"model_args": model_args, "model": state, "tokenizer": tokenizer_meta}
     else:
         path = checkpoint.find(out_dir)
-        ckpt = checkpoint.load(path, device)
+        ckpt = checkpoint.load(path)
     try:
         model = GPT(GPTConfig(**ckpt["model_args"]))
         problem = checkpoint.state_dict_mismatch(model.state_dict(), ckpt["model"])

@@ -212,13 +212,13 @@ def check_config(cfg):
         raise UserError("max_iters and keep_last_n must be at least 0, max_skipped_steps at least 1")
 
 
-def load_resume(cfg, overrides, device):
+def load_resume(cfg, overrides):
     """The checkpoint to resume from, and the config: the checkpoint's, with this command's overrides."""
     path = os.path.join(cfg.out_dir, checkpoint.CKPT)
     if not os.path.isfile(path):
         raise UserError(f"init_from=resume, but {cfg.out_dir} has no {checkpoint.CKPT}: check --out_dir, "
                         f"or start with --init_from=scratch")
-    ckpt = checkpoint.load(path, device)
+    ckpt = checkpoint.load(path)
     if "optimizer" not in ckpt or not isinstance(ckpt.get("config"), dict):
         raise UserError(f"{path} holds weights only (a best.pt or an export), not a run's state: it cannot be "
                         f"resumed; sample or evaluate it, or fine-tune it from a Hugging Face export (export.py)")
@@ -314,7 +314,7 @@ class Trainer:
             faults.keep_freed_memory()
         ckpt = None
         if cfg.init_from == "resume":
-            ckpt, cfg = load_resume(cfg, overrides, device)
+            ckpt, cfg = load_resume(cfg, overrides)
             check_config(cfg)
         self.cfg = cfg
         self.fsdp = cfg.fsdp and self.world > 1
@@ -675,7 +675,7 @@ class Trainer:
                             f"{faults.MAX_ROLLBACKS} times, each with half the learning rate; {path} is the last good "
                             f"checkpoint. Lower learning_rate, raise warmup_iters, or check the data")
         failed_at = self.iter_num
-        self.load_state_dict(checkpoint.load(path, self.device))
+        self.load_state_dict(checkpoint.load(path))
         self.rollbacks = rollbacks
         self.recover_to = self.val_loss  # None for checkpoints from before val_loss was saved: no check
         self.lr_scale *= 0.5 ** self.rollbacks
@@ -736,11 +736,11 @@ class Trainer:
         self.bad_steps = faults.BadSteps(self.cfg.spike_threshold, ckpt.get("recent_losses", ()))
         states = ckpt["rng"]["torch"]
         if len(states) == self.world:
-            torch.set_rng_state(states[self.rank].cpu())
+            torch.set_rng_state(states[self.rank])
         else:  # another number of processes: the data order continues, dropout draws anew
             torch.manual_seed(self.cfg.seed + self.rank + self.iter_num)
         if self.device_type == "cuda" and len(ckpt["rng"].get("cuda", [])) == self.world:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][self.rank].cpu(), self.device)
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][self.rank], self.device)
 
     def save(self, best=False):
         """Write ckpt.pt (or best.pt, weights only); with keep_last_n, keep older ckpt.pt's by hard link."""
