@@ -138,14 +138,15 @@ def open_shard(path):
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
-def check_tokens(path, vocab_size, sample=4096):
+def check_tokens(path, vocab_size, sample=4096, whose="the"):
     """Check a shard's token ids against its header and a vocabulary of vocab_size ids, cheaply: the
     header's largest id, then `sample` tokens read in 16 blocks spread over the file (all of them
     when the shard is no larger, or sample=None). A flipped or overwritten block is caught where
-    the sample falls; prepare.py checked every token when it wrote the shard."""
+    the sample falls; prepare.py checked every token when it wrote the shard. whose: whose vocabulary
+    the error names ("the model's")."""
     _, count, top = read_header(path)
     if top >= vocab_size:
-        raise UserError(f"{path} holds token id {top}, but the vocabulary has {vocab_size} ids: the data and "
+        raise UserError(f"{path} holds token id {top}, but {whose} vocabulary has {vocab_size} ids: the data and "
                         f"the model use different tokenizers; re-run prepare.py or choose the matching dataset")
     tokens = open_shard(path)
     if sample is None or count <= sample:

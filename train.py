@@ -35,7 +35,7 @@ from metrics import Metrics, estimate_mfu
 import model
 import plan
 from model import GPT, GPTConfig
-from shards import check_tokens, read_header, read_meta, shard_paths
+from shards import check_tokens, read_meta, shard_paths
 
 
 @dataclass
@@ -425,11 +425,7 @@ class Trainer:
         cfg, vocab = self.cfg, self.model_args["vocab_size"]
         for split in ("train", "val"):
             for path in (p for d in self.data_dirs for p in shard_paths(d, split)):
-                top = read_header(path)[2]
-                if top >= vocab:
-                    raise UserError(f"{path} holds token id {top}, but the model's vocabulary has {vocab} ids: "
-                                    f"the data and the model use different tokenizers; re-run prepare.py")
-                check_tokens(path, vocab)  # and a sample of the data itself against the header: damage shows
+                check_tokens(path, vocab, whose="the model's")  # the header's largest id, and a sample of the data
         if cfg.block_size > gpt_config.block_size:
             raise UserError(f"block_size={cfg.block_size} is longer than the model's position table "
                             f"({gpt_config.block_size})")
