@@ -25,7 +25,7 @@ import torch
 from configurator import UserError, parse_args, run
 from metrics import estimate_mfu
 from model import GPT, GPTConfig
-from sample import inference_device
+from devices import inference_device
 import tokenizer as tok
 
 
@@ -80,7 +80,7 @@ def bench_sample(cfg):
     result = {"bench": "sample", **asdict(cfg), "device": device, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "params": model.get_num_params()}
     for mode in cfg.modes:
-        def go(n=cfg.new_tokens):
+        def go(n=cfg.new_tokens, mode=mode):
             with ctx:
                 model.generate(prompts, n, temperature=0, use_cache=mode == "cache")
         go(cfg.warmup_tokens)
@@ -289,7 +289,7 @@ def bench_gpu(cfg):
     unknown = [n for n in cfg.only if n not in names]
     if unknown:
         raise UserError(f"only={unknown}: not in the sweep; its runs are {', '.join(names)}")
-    from train import resolve_device
+    from devices import resolve_device
     quick = QUICK + (["--compile=False"] if resolve_device(cfg.device) == "cpu" else [])  # inductor on a CPU: minutes
     os.makedirs(cfg.out, exist_ok=True)
     path = os.path.join(cfg.out, "runs.jsonl")
@@ -556,7 +556,8 @@ def summarize_recipes(rows, cfg):
     lines = [f"equal wall time: {t_eq:.1f} s of training; target {cfg.target}",
              f"{'variant':<44} {'val @ steps':>16} {'val @ time':>16} {'train s':>9} {'s to target':>14}"]
     for row in table:
-        f = lambda key, p=3: "-" if row[key][0] is None else f"{row[key][0]:.{p}f}±{row[key][1]:.{p}f}"
+        def f(key, p=3, row=row):
+            return "-" if row[key][0] is None else f"{row[key][0]:.{p}f}±{row[key][1]:.{p}f}"
         lines.append(f"{row['variant'][:44]:<44} {f('final_val'):>16} {f('val_at_equal_time'):>16} "
                      f"{row['train_seconds'][0]:>9.1f} {f('seconds_to_target', 1) + ' (' + str(row['seconds_to_target'][2]) + ')':>14}")
     print("\n".join(lines), file=sys.stderr)

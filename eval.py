@@ -31,7 +31,8 @@ from tqdm import tqdm
 import hellaswag
 from configurator import UserError, parse_args, run
 from dataloader import dataset_dir
-from sample import describe, inference_device, load_model
+from devices import inference_device
+from loading import describe, load_model
 from shards import open_shard, read_meta, shard_paths
 from tokenizer import same_tokenizer
 

@@ -17,7 +17,7 @@ if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() give
     __import__("configurator").quiet_interrupts()
 from configurator import parse_args, run
 from hf import export_hf
-from sample import describe, load_model
+from loading import describe, load_model
 
 
 @dataclass

@@ -115,67 +115,6 @@ def plan(cfg):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# a run's time, before its first step (train.py): a GPU recipe started on a CPU says so at once
-
-DAY = 86400
-SLOWEST_FLOPS_PER_SEC = 1e10  # no machine worth probing is slower: under a day's worth of this, no probe, no warning
-CPU_QUICK_START = ("python train.py config/shakespeare_char.py --device=cpu --compile=False --eval_iters=20 "
-                   "--log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 "
-                   "--max_iters=2000 --lr_decay_iters=2000 --dropout=0.0")  # the README's, minutes on a laptop
-
-
-def run_flops(cfg, flops_per_token, start_iter=0):
-    """(FLOPs, steps, evals) of what is left of a train.py run: the steps, and the evals (forward
-    only: a third of a training step's FLOPs per token) of eval_iters batches on each split."""
-    steps = 0 if cfg.eval_only else max(cfg.max_iters - start_iter, 0)
-    evals = steps // cfg.eval_interval + 1
-    step_tokens = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    eval_tokens = 2 * cfg.eval_iters * cfg.batch_size * cfg.block_size
-    return flops_per_token * (steps * step_tokens + evals * eval_tokens / 3), steps, evals
-
-
-def matmul_flops_per_sec(device, dtype="float32", n=2048, seconds=0.2):
-    """FLOP/s of an n x n matrix product on the device: about what a training step reaches on a CPU,
-    and more than it does on a GPU. Its own generator: the run's random state is not touched."""
-    import time
-    import torch
-    kind = torch.device(device).type
-    sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(kind, lambda: None)
-    g = torch.Generator(device).manual_seed(0)
-    a, b = (torch.rand(n, n, generator=g, device=device).to(getattr(torch, dtype)) for _ in range(2))
-    a @ b  # warm-up: thread pools, cuBLAS
-    sync()
-    reps, t0 = 0, time.perf_counter()
-    while reps == 0 or time.perf_counter() - t0 < seconds:
-        for _ in range(1 if kind == "cpu" else 20):  # a GPU: fewer syncs
-            a @ b
-            reps += 1
-        sync()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
-
-
-def slow_run_warning(cfg, flops_per_token, params, device, dtype="float32", start_iter=0, world=1,
-                     probe=matmul_flops_per_sec):
-    """One line when the run would take more than a day here, with what to run instead; else None.
-    Not an error: the user may mean it."""
-    flops, steps, evals = run_flops(cfg, flops_per_token, start_iter)
-    if flops < DAY * SLOWEST_FLOPS_PER_SEC * world:
-        return None  # every small run, and every test, ends here without a probe
-    speed = probe(device, dtype) * world
-    seconds = flops / speed
-    if seconds <= DAY:
-        return None
-    if device.startswith("cuda"):
-        fits = max(1, int(steps * DAY / seconds))
-        instead = (f"Fewer steps fit a day (--max_iters={start_iter + fits} --lr_decay_iters={start_iter + fits}), or "
-                   f"plan a model for a day: python plan.py --hours 24 --tokens_per_sec {speed / flops_per_token:.3g} --measured_params {params:.3g}")
-    else:
-        instead = f"On this machine, train the README's CPU quick start instead: {CPU_QUICK_START}"
-    return (f"warning: this run needs about {seconds / DAY:.1f} days on {device}: {flops:.2g} FLOPs ({steps:,} steps, "
-            f"{evals:,} evals) at the {speed:.2g} FLOP/s a {dtype} matrix product reaches here. {instead}")
-
-
 def fmt(x):
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(x) >= scale:

@@ -20,12 +20,9 @@ if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() give
     __import__("configurator").quiet_interrupts()
 import torch
 
-import checkpoint
-import hf
 from configurator import UserError, parse_args, run
-from model import GPT, GPTConfig
-from tokenizer import from_meta
-from train import autocast, resolve_device, resolve_dtype
+from devices import inference_device
+from loading import describe, load_model
 
 SEPARATOR = "-" * 40
 
@@ -46,50 +43,6 @@ class SampleConfig:
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     dtype: str = "auto"  # auto (bfloat16 where the GPU has it, float32 on CPU), float32, bfloat16, float16
     no_kv_cache: bool = False  # recompute the whole context for every token instead of caching keys and values (slow)
-
-
-def inference_device(device, dtype):
-    """(device, autocast context) for the device and dtype options of an inference script."""
-    device = resolve_device(device)
-    device_type = device.split(":")[0]
-    return device, autocast(device_type, resolve_dtype(dtype, device_type))
-
-
-def load_model(out_dir, device):
-    """(model, tokenizer, source path, info) from the checkpoint out_dir points to, or from a Hugging
-    Face GPT-2 directory. info: iter_num, best_val_loss, the training config (None for an HF
-    directory) and the tokenizer's meta."""
-    if hf.is_hf_dir(out_dir):
-        model_args, state, tokenizer_meta = hf.load_hf_gpt2(out_dir)
-        if tokenizer_meta is None:
-            raise UserError(f"{out_dir}: its tokenizer is not one this code has (GPT-2's BPE in vocab.json, or "
-                            f"a nanogpt.json written by export.py)")
-        path, ckpt = out_dir, {"model_args": model_args, "model": state, "tokenizer": tokenizer_meta}
-    else:
-        path = checkpoint.find(out_dir)
-        ckpt = checkpoint.load(path)
-    try:
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-        problem = checkpoint.state_dict_mismatch(model.state_dict(), ckpt["model"])
-        if problem:
-            raise UserError(f"{path}: the weights do not match the model config saved with them: {problem}")
-        model.load_state_dict(ckpt["model"])
-        tokenizer = from_meta(ckpt["tokenizer"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path} is not a checkpoint of this code, or is damaged: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0][:150]}") from None
-    model.to(device).eval()
-    return model, tokenizer, path, {"iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss"),
-                                    "config": ckpt.get("config"), "tokenizer": ckpt["tokenizer"]}
-
-
-def describe(path, info):
-    """'PATH (step N, val loss X)' for a checkpoint; 'PATH (Hugging Face GPT-2)' for an HF directory."""
-    if info["config"] is None and info["iter_num"] is None:
-        return f"{path} (Hugging Face GPT-2)"
-    best = info["best_val_loss"]
-    return (f"{path} (step {info['iter_num']}"
-            f"{f', val loss {best:.4f}' if isinstance(best, float) and best < float('inf') else ''})")
 
 
 def read_prompt(start):

@@ -15,7 +15,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -31,9 +30,9 @@ import hf
 import tokenizer
 from configurator import UserError, check_types, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
-from metrics import Metrics, estimate_mfu
+from devices import autocast, resolve_device, resolve_dtype
+from metrics import Metrics, estimate_mfu, slow_run_warning
 import model
-import plan
 from model import GPT, GPTConfig
 from shards import check_tokens, read_meta, shard_paths
 
@@ -132,39 +131,6 @@ def get_lr(it, cfg):
 
 # ---------------------------------------------------------------------------------------------
 # set-up: everything that can fail is checked here, before the first step
-
-def resolve_device(device):
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    kind = device.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={device}, but this PyTorch sees no CUDA GPU: use --device=cpu (or auto)")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device={device}, but MPS is not available here: use --device=cpu (or auto)")
-    if kind not in ("cpu", "cuda", "mps"):
-        raise UserError(f"device={device!r}: expected auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def resolve_dtype(dtype, device_type):
-    if dtype == "auto":
-        if device_type == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
-    if dtype == "float16" and device_type != "cuda":
-        raise UserError(f"dtype=float16 needs a CUDA GPU (its loss scaling is CUDA-only): use bfloat16 or float32")
-    return dtype
-
-
-def autocast(device_type, dtype):
-    if dtype == "float32":
-        return nullcontext()
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
-
 
 def check_config(cfg):
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd",
@@ -447,7 +413,7 @@ class Trainer:
               f"{self.tokens_per_iter:,} tokens per step ({self.micro_steps} x {cfg.batch_size} x {cfg.block_size}"
               f"{f' x {self.world}' if self.world > 1 else ''}), learning rate {cfg.learning_rate:.2e}, "
               f"{'resuming at' if self.iter_num else 'starting at'} step {self.iter_num} of {cfg.max_iters}")
-        if warning := plan.slow_run_warning(cfg, self.flops_per_token, self.raw_model.get_num_params(), self.device,
+        if warning := slow_run_warning(cfg, self.flops_per_token, self.raw_model.get_num_params(), self.device,
                                             self.dtype, self.iter_num, self.world):  # a GPU recipe on a CPU
             print(warning)
 

@@ -12,7 +12,8 @@ import hf
 from configurator import UserError
 from conftest import read_metrics, tiny_train_config
 from export import ExportConfig, export
-from sample import SampleConfig, load_model, sample
+from loading import load_model
+from sample import SampleConfig, sample
 from train import TrainConfig, train
 
 transformers = pytest.importorskip("transformers")
@@ -119,7 +120,7 @@ def test_import_a_transformers_model(tmp_path, activation, approx):
 def test_original_gpt2_file_layout_imports(tmp_path):
     """OpenAI's upload names tensors without 'transformer.' and carries attention-mask buffers."""
     theirs = random_hf_model(tmp_path, "gelu_new")
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     state = load_file(tmp_path / "model.safetensors")
     old = {k.removeprefix("transformer."): v for k, v in state.items()}
     old.update({f"h.{i}.attn.bias": torch.tril(torch.ones(1, 1, 24, 24)) for i in range(2)})

@@ -12,7 +12,7 @@ import bench
 import checkpoint
 from conftest import tiny_train_config
 from model import GPT, GPTConfig
-from sample import load_model
+from loading import load_model
 from train import TrainConfig, train
 
 

@@ -43,7 +43,7 @@ def _recipe(**kw):
 
 
 def test_a_gpu_recipe_on_a_cpu_warns_with_the_days_and_the_cpu_quick_start():
-    from plan import run_flops, slow_run_warning
+    from metrics import run_flops, slow_run_warning
     flops, steps, evals = run_flops(_recipe(), 1.245e8)  # config/tinystories.py's model: 655M tokens, 11 evals
     assert (steps, evals) == (5000, 11) and flops == pytest.approx(1.245e8 * (655_360_000 + 11 * 2 * 50 * 32768 / 3))
     msg = slow_run_warning(_recipe(), 1.245e8, 17.9e6, "cpu", probe=lambda device, dtype: 7e10)  # ~560 tok/s
@@ -54,7 +54,7 @@ def test_a_gpu_recipe_on_a_cpu_warns_with_the_days_and_the_cpu_quick_start():
 
 
 def test_on_a_gpu_the_warning_says_how_many_steps_fit_a_day():
-    from plan import slow_run_warning
+    from metrics import slow_run_warning
     msg = slow_run_warning(_recipe(), 1.245e8, 17.9e6, "cuda", "bfloat16", start_iter=1000,
                            probe=lambda device, dtype: 2e11)
     assert "about 3.8 days on cuda" in msg and "a bfloat16 matrix product" in msg
@@ -64,7 +64,7 @@ def test_on_a_gpu_the_warning_says_how_many_steps_fit_a_day():
 
 
 def test_small_runs_are_not_probed():
-    from plan import slow_run_warning
+    from metrics import slow_run_warning
     def probe(device, dtype):
         raise AssertionError("no probe for a run that cannot take a day")
     assert slow_run_warning(_recipe(max_iters=2000, batch_size=12, block_size=64, gradient_accumulation_steps=1),
@@ -73,7 +73,7 @@ def test_small_runs_are_not_probed():
 
 def test_the_matmul_probe_leaves_the_random_state_alone():
     import torch
-    from plan import matmul_flops_per_sec
+    from metrics import matmul_flops_per_sec
     before = torch.get_rng_state()
     assert matmul_flops_per_sec("cpu", n=64, seconds=0.01) > 0
     assert torch.equal(before, torch.get_rng_state())
