@@ -311,7 +311,7 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
 
 def export_readme(model_args, tokenizer_meta, source, n_params):
     a = model_args
-    lines = [f"# GPT-2 model exported by nanogpt-style export.py", "",
+    lines = ["# GPT-2 model exported by nanogpt-style export.py", "",
              f"{n_params / 1e6:.2f}M parameters: {a['n_layer']} layers, {a['n_head']} heads, {a['n_embd']} wide, "
              f"context {a['block_size']} tokens, vocabulary {a['vocab_size']}, "
              f"{'tanh-approximate' if a.get('gelu_approx') == 'tanh' else 'exact (erf)'} GELU. Source: {source}.", "",

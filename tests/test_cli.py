@@ -18,7 +18,7 @@ def cli(*args, cwd):
 def assert_clean_error(r, *fragments):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
-    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+    lines = [line for line in r.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1, r.stderr
     for f in fragments:
         assert f in lines[0], lines[0]

@@ -54,7 +54,7 @@ def test_weighted_mix_takes_token_shares_and_shuffles_documents(tmp_path):
     assert share == pytest.approx(0.75, abs=0.01)
     first = [d.split()[0] for d in docs[:20]]
     assert "alpha" in first and "beta" in first  # shuffled at the document level, not one source then the other
-    again = prepare(PrepareConfig(**{**vars(cfg), "name": "mix2"}), [SourceConfig(input=[a], weight=3),
+    prepare(PrepareConfig(**{**vars(cfg), "name": "mix2"}), [SourceConfig(input=[a], weight=3),
                                                                      SourceConfig(input=[b], weight=1)])
     assert np.array_equal(tokens_of(tmp_path / "mix", "train"), tokens_of(tmp_path / "mix2", "train"))
     prepare(PrepareConfig(**{**vars(cfg), "name": "mix3", "seed": 1}), [SourceConfig(input=[a], weight=3),

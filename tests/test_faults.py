@@ -258,7 +258,7 @@ def test_killed_and_stopped_again_and_again_ends_as_the_uninterrupted_run(data_r
     stops = [("term-step", 8), ("eval", rng.randint(1, 3)), ("step", rng.randint(2, 5)), ("save", rng.randint(1, 2)),
              ("term-eval", rng.randint(1, 3))]
     args = cli_args(data_root, out)
-    for i, (mode, n) in enumerate(stops):
+    for mode, n in stops:
         r = subprocess.run([sys.executable, str(script), mode, str(n), *args], capture_output=True, text=True,
                            timeout=300)
         expected = 128 + signal.SIGTERM if mode.startswith("term") else -signal.SIGKILL
