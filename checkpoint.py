@@ -125,9 +125,11 @@ def lock(out_dir):
         f"--out_dir"))
 
 
-def claim(out_dir, resuming):
+def claim(out_dir, resuming, auto=False):
     """Take out_dir for a run: the lock first (one run per out_dir), then refuse to start a new run over
-    an old one's files, then clear what a killed run of ours left half-written. Returns the lock."""
+    an old one's files, then clear what a killed run of ours left half-written. Returns the lock.
+    auto (init_from=auto, which found no ckpt.pt): a metrics.jsonl with nothing past step 0 is what a
+    restarted run of ours left when it died before its first checkpoint, and starting anew loses nothing."""
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
@@ -136,6 +138,8 @@ def claim(out_dir, resuming):
         raise UserError(f"out_dir {out_dir} is not writable (choose another --out_dir)")
     held = lock(out_dir)
     found = run_files(out_dir)
+    if auto and found == ["metrics.jsonl"] and _nothing_past_step_0(os.path.join(out_dir, "metrics.jsonl")):
+        found = []
     if not resuming and found:
         if held is not None:
             held.close()
@@ -146,6 +150,15 @@ def claim(out_dir, resuming):
     for name in leftovers(out_dir):
         os.remove(os.path.join(out_dir, name))
     return held
+
+
+def _nothing_past_step_0(path):
+    import json
+    try:
+        with open(path) as f:
+            return all(json.loads(line).get("iter", 0) == 0 for line in f if line.strip())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def find(out_dir):

@@ -11,7 +11,9 @@ from configurator import UserError
 
 
 def resolve_device(device):
-    """The device a command runs on: auto picks cuda, then mps, then cpu; one that is not here is a UserError."""
+    """The device a command runs on: auto picks cuda, then mps, then cpu; one that is not here is a UserError.
+    cuda:N also becomes the current CUDA device, so that what names no device (torch.cuda.synchronize(),
+    is_bf16_supported(), memory queries, a plain .cuda()) acts on that GPU, not on cuda:0."""
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -23,6 +25,11 @@ def resolve_device(device):
         raise UserError(f"device={device}, but MPS is not available here: use --device=cpu (or auto)")
     if kind not in ("cpu", "cuda", "mps"):
         raise UserError(f"device={device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and device != "cuda":
+        index = device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise UserError(f"device={device}: this machine has CUDA devices 0 to {torch.cuda.device_count() - 1}")
+        torch.cuda.set_device(int(index))
     return device
 
 

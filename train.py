@@ -13,6 +13,7 @@ if nothing had happened. SIGTERM or Ctrl-C saves a checkpoint first.
 
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from devices import autocast, resolve_device, resolve_dtype
 from metrics import Metrics, estimate_mfu, slow_run_warning
 import model
 from model import GPT, GPTConfig
-from shards import check_tokens, read_meta, shard_paths
+from shards import check_tokens, read_meta, release_lock, shard_paths
 
 
 @dataclass
@@ -50,7 +51,7 @@ class TrainConfig:
     eval_tasks_examples: int = 0  # score the task's first this many examples at each eval (0: all; HellaSwag has 10,042)
     eval_tasks_file: str = ""  # the task's examples as a local .jsonl (HellaSwag's hellaswag_val.jsonl); empty: the Hugging Face Hub
     always_save_checkpoint: bool = True  # write ckpt.pt at every eval; False: only when val loss improves (and at the end)
-    init_from: str = "scratch"  # scratch, resume from out_dir/ckpt.pt, or a Hugging Face GPT-2 directory to fine-tune
+    init_from: str = "scratch"  # scratch, resume from out_dir/ckpt.pt, auto (resume if out_dir has a ckpt.pt, else scratch: for torchrun --max-restarts), or a Hugging Face GPT-2 directory to fine-tune
     seed: int = 1337  # model init, data order and dropout all follow from it
     # wandb logging
     wandb_log: bool = False  # also log to Weights & Biases (WANDB_MODE=offline works)
@@ -98,6 +99,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bfloat16 where the GPU has it, else float16; float32 on CPU), float32, bfloat16, float16
     compile: Optional[bool] = None  # torch.compile the model (None: on for CUDA, off otherwise)
     gradient_checkpointing: bool = False  # recompute activations during backward: much less memory, ~1/3 more compute
+    dist_timeout: int = 600  # under torchrun: seconds a collective waits for a silent process before the run stops (a hung rank)
     fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state over the GPUs (FSDP2) instead of copying them (DDP)
     # faults
     keep_last_n: int = 0  # also keep the last n checkpoints as ckpt_NNNNNNN.pt (0: only ckpt.pt and best.pt)
@@ -134,7 +136,7 @@ def get_lr(it, cfg):
 
 def check_config(cfg):
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd",
-                "eval_iters", "eval_interval", "log_interval"):
+                "eval_iters", "eval_interval", "log_interval", "dist_timeout"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key}={getattr(cfg, key)}: must be at least 1")
     if not 0 <= cfg.dropout < 1:
@@ -157,8 +159,8 @@ def check_config(cfg):
             isinstance(k, str) and isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
             for k, w in cfg.dataset.items())):
         raise UserError(f"dataset={cfg.dataset!r}: a mix is {{'name': weight, ...}} with positive weights (finite numbers)")
-    if cfg.init_from not in ("scratch", "resume") and not os.path.isdir(cfg.init_from):
-        raise UserError(f"init_from={cfg.init_from!r}: expected scratch, resume, or a Hugging Face GPT-2 directory")
+    if cfg.init_from not in ("scratch", "resume", "auto") and not os.path.isdir(cfg.init_from):
+        raise UserError(f"init_from={cfg.init_from!r}: expected scratch, resume, auto, or a Hugging Face GPT-2 directory")
     try:
         model.check_config(GPTConfig(**{k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "pad_vocab_to") + SWITCHES}))
     except ValueError as e:
@@ -259,6 +261,9 @@ class Trainer:
             self.setup_state(ckpt)
         except BaseException as e:
             self.close()
+            if distributed.is_lost_process(e, getattr(self, "world", 1)):  # another process died in its set-up
+                distributed.finish(self.world, ok=False)
+                raise distributed.lost_process_error(self.rank, e) from None
             if isinstance(e, UserError):
                 e.every_rank = True  # the config and the data are the same on every process (configurator.run)
             raise
@@ -279,7 +284,7 @@ class Trainer:
         if self.device_type == "cpu" and sys.platform == "linux":
             faults.keep_freed_memory()
         ckpt = None
-        if cfg.init_from == "resume":
+        if cfg.init_from == "resume" or (cfg.init_from == "auto" and os.path.isfile(os.path.join(cfg.out_dir, checkpoint.CKPT))):
             ckpt, cfg = load_resume(cfg, overrides)
             check_config(cfg)
         self.cfg = cfg
@@ -313,11 +318,11 @@ class Trainer:
                             f"checkpoint was trained with {b['kind']} (vocab {b['vocab_size']}): resume on data "
                             f"prepared with the same tokenizer, or start from scratch")
         hf_args, hf_state = {}, None
-        if ckpt is None and cfg.init_from != "scratch":  # fine-tune a Hugging Face GPT-2: it fixes the shape
+        if ckpt is None and cfg.init_from not in ("scratch", "auto"):  # fine-tune a Hugging Face GPT-2: it fixes the shape
             cfg, hf_args, hf_state = hf.init_from_hf(cfg.init_from, cfg, overrides, self.meta["tokenizer"])
             self.cfg = cfg
         if self.master:
-            self.lock = checkpoint.claim(cfg.out_dir, resuming=ckpt is not None)
+            self.lock = checkpoint.claim(cfg.out_dir, resuming=ckpt is not None, auto=cfg.init_from == "auto")
         self.loader = DataLoader(self.data_dirs, "train", cfg.batch_size, cfg.block_size, cfg.seed, self.rank,
                                  self.world, self.device, self.weights)
         self.eval_loaders = {split: DataLoader(self.data_dirs, split, cfg.batch_size, cfg.block_size,
@@ -374,16 +379,17 @@ class Trainer:
         self.stop_request, self.train_seconds = faults.StopRequest(announce=self.master), 0.0
         self.metrics = None
         if self.master:
-            self.metrics = Metrics(cfg.out_dir, self.iter_num if cfg.init_from == "resume" else None,
+            self.metrics = Metrics(cfg.out_dir, self.iter_num if ckpt is not None else None,
                                    config_dict(cfg) if cfg.wandb_log else None)
 
-    def close(self):
-        """Release what the run holds: metrics.jsonl (and wandb), then out_dir's lock."""
+    def close(self, release=False):
+        """Release what the run holds: metrics.jsonl (and wandb), then out_dir's lock, whose file a run that
+        ended cleanly removes (after a kill the file stays, harmless: a lock dies with its process)."""
         if getattr(self, "metrics", None) is not None:
             self.metrics.close()
             self.metrics = None
         if self.lock is not None:
-            self.lock.close()
+            (release_lock if release else lambda f: f.close())(self.lock)
             self.lock = None
 
     def preflight(self, gpt_config):
@@ -420,16 +426,29 @@ class Trainer:
     # -- the loop: steps, evals, logs ----------------------------------------------------------
 
     def run(self):
+        clean = False
         try:
-            with self.stop_request:
-                return self._loop()
+            with self.stop_request:  # to the very end: the last barrier is a collective too
+                try:
+                    result = self._loop()
+                    self.close(release=True)
+                    distributed.finish(self.world)
+                    clean = True
+                    return result
+                except Exception as e:
+                    if distributed.is_lost_process(e, self.world):
+                        # torchrun's SIGTERM to the survivors follows at once: it must not cut the one line short
+                        self.stop_request.previous = dict.fromkeys(self.stop_request.previous, signal.SIG_IGN)
+                        raise distributed.lost_process_error(self.rank, e) from None
+                    raise
         except Exception as e:
             if faults.is_out_of_memory(e):
                 raise UserError(faults.out_of_memory_advice(self.cfg)) from None
             raise
         finally:
-            self.close()
-            distributed.finish(self.world)
+            if not clean:
+                self.close()
+                distributed.finish(self.world, ok=False)
 
     def _loop(self):
         cfg = self.cfg
@@ -467,7 +486,7 @@ class Trainer:
             if losses and (self.iter_num % cfg.log_interval == 0 or self.iter_num == cfg.max_iters):
                 t_log = self.log_step(losses, grad_norm, lr, t_log)
                 losses = []
-            stopped = self.check_stop()
+            stopped = self.step_stop  # agreed on by every process in the step's own collective
             if stopped:
                 self.stop()
                 break
@@ -504,9 +523,16 @@ class Trainer:
                                                    cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded norm
             grad_norm = grad_norm.full_tensor()
-        distributed.mean(loss_sum, self.world)
-        # one device sync per step: the skip decision needs the numbers
-        loss_val, norm_val = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
+        # one collective and one device sync per step: the mean loss, and whether any process was asked to
+        # stop (a signal), travel together; the skip decision needs the numbers on the host
+        numbers = torch.cat([loss_sum.float().view(1), torch.tensor(
+            distributed.stop_flags(self.stop_request.signum), device=loss_sum.device)])
+        if self.world > 1:
+            torch.distributed.all_reduce(numbers)
+        numbers[0] /= self.world
+        loss_val, norm_val, *flags = torch.cat([numbers[:1], grad_norm.float().view(1).to(numbers.device),
+                                                numbers[1:]]).tolist()
+        self.step_stop = distributed.stop_signal(flags)
         reason = self.bad_steps.check(loss_val, norm_val, self.scaler.is_enabled())
         if reason is None:
             self.scaler.step(self.optimizer)
@@ -687,7 +713,8 @@ class Trainer:
         distributed.load_optimizer_state(self.raw_model, self.optimizer, ckpt["optimizer"])
         for group, hyper in zip(self.optimizer.param_groups, self.hyper):
             group.update(hyper)  # --learning_rate, --weight_decay, --beta1/2 on resume take effect
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("scaler"):  # a bf16 or fp32 run saves an empty one: a float16 resume starts its scale afresh
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.loader.load_state_dict(ckpt["loader"])
         self.loader_state = self.loader.state_dict()
         self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
@@ -697,12 +724,13 @@ class Trainer:
         self.rollbacks, self.recover_to = ckpt.get("rollbacks", 0), ckpt.get("recover_to")
         self.bad_steps = faults.BadSteps(self.cfg.spike_threshold, ckpt.get("recent_losses", ()))
         states = ckpt["rng"]["torch"]
+        # a row of the saved (world, n) table is a view into it; set_rng_state needs a tensor of its own
         if len(states) == self.world:
-            torch.set_rng_state(states[self.rank])
+            torch.set_rng_state(states[self.rank].clone())
         else:  # another number of processes: the data order continues, dropout draws anew
             torch.manual_seed(self.cfg.seed + self.rank + self.iter_num)
         if self.device_type == "cuda" and len(ckpt["rng"].get("cuda", [])) == self.world:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][self.rank], self.device)
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][self.rank].clone(), self.device)
 
     def save(self, best=False):
         """Write ckpt.pt (or best.pt, weights only); with keep_last_n, keep older ckpt.pt's by hard link."""
