@@ -28,6 +28,9 @@ from shards import hold_lock
 
 CKPT, BEST, LOCK = "ckpt.pt", "best.pt", "train.lock"
 NUMBERED = re.compile(r"ckpt_\d{7}\.pt")  # keep_last_n's older checkpoints: ckpt_0001000.pt
+# FSDP's sharded checkpoints: ckpt.pt holds everything but the weights and the optimizer state, which
+# every process writes its own part of (torch.distributed.checkpoint) into the folder ckpt.pt names
+SHARDS = re.compile(r"shards_\d{7}\.\d+")
 RUN_FILES = (CKPT, BEST, "metrics.jsonl", "loss.png")  # what says "a run lives here"; with NUMBERED
 
 
@@ -87,9 +90,11 @@ def save(obj, path):
     os.replace(tmp, path)  # the moment the new checkpoint takes the old one's place
 
 
-def load(path):
+def load(path, shards=("model",)):
     """A checkpoint, read into CPU memory (where its checksum is computed) and checked; whoever loads it
-    into a model copies the tensors to the model's device."""
+    into a model copies the tensors to the model's device. A sharded checkpoint's `shards` (model,
+    optimizer) are read whole into this process, as if they had been saved in the file; shards=() leaves
+    them on disk for the processes that load their own parts (distributed.load_sharded)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -98,12 +103,69 @@ def load(path):
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise UserError(f"cannot read checkpoint {path} (damaged, cut short, or not a checkpoint: {why})") from None
-    if not isinstance(obj, dict) or "model" not in obj:
+    if not isinstance(obj, dict) or ("model" not in obj and "sharded" not in obj):
         raise UserError(f"{path} is not a checkpoint of this program (no model weights in it)")
     if "crc32" in obj and checksum(obj) != obj["crc32"]:  # checkpoints from before the checksum have none
         raise UserError(f"{path} is damaged: its contents do not match the checksum written with it; use an older "
                         f"checkpoint (best.pt, or ckpt_NNNNNNN.pt with --keep_last_n)")
+    if "sharded" in obj and shards:
+        obj.update(read_shards(shards_dir(path, obj), shards))
     return obj
+
+
+def shards_dir(path, ckpt):
+    """The folder of a sharded checkpoint's tensors, beside its ckpt.pt."""
+    name = ckpt["sharded"]
+    if not isinstance(name, str) or not SHARDS.fullmatch(name):
+        raise UserError(f"{path}: its 'sharded' entry {name!r} is not a shards folder this program writes")
+    folder = os.path.join(os.path.dirname(path), name)
+    if not os.path.isfile(os.path.join(folder, ".metadata")):
+        raise UserError(f"{path} names the sharded state {folder}, which is missing or incomplete: use an older "
+                        f"checkpoint (ckpt_NNNNNNN.pt with --keep_last_n, or best.pt for the weights)")
+    return folder
+
+
+def read_shards(folder, keys):
+    """{key: state} of a sharded checkpoint, read whole into this one process (no process group needed)."""
+    import warnings
+
+    from torch.distributed.checkpoint import FileSystemReader
+    state = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no process group: loading on one process", which is the point
+            try:  # what torch.distributed.checkpoint.format_utils.dcp_to_torch_save does, without the file
+                from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+                from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+            except ImportError:  # another PyTorch: the public conversion, through a file
+                import tempfile
+
+                from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+                with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                    dcp_to_torch_save(folder, os.path.join(tmp, "whole.pt"))
+                    state = torch.load(os.path.join(tmp, "whole.pt"), map_location="cpu", weights_only=True)
+            else:
+                _load_state_dict(state, storage_reader=FileSystemReader(folder),
+                                 planner=_EmptyStateDictLoadPlanner(keys=set(keys)), no_dist=True)
+    except Exception as e:  # DCP wraps every reader's failure in its own CheckpointException
+        raise UserError(f"cannot read the sharded checkpoint {folder} (damaged or incomplete: "
+                        f"{str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__})") from None
+    return {k: state[k] for k in keys if k in state}
+
+
+def referenced_shards(out_dir):
+    """The shards folders that ckpt.pt or a numbered checkpoint in out_dir names: those a new save keeps."""
+    keep = set()
+    for name in [CKPT] + [n for n in os.listdir(out_dir) if numbered(n)]:
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors not read
+            except Exception:
+                continue
+            if isinstance(ckpt, dict) and isinstance(ckpt.get("sharded"), str):
+                keep.add(ckpt["sharded"])
+    return keep
 
 
 def state_dict_mismatch(expected, state):

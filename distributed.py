@@ -221,3 +221,32 @@ def load_model_state(raw_model, state):
 def load_optimizer_state(raw_model, optimizer, state):
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
     set_optimizer_state_dict(raw_model, optimizer, state, options=_options())
+
+
+# sharded checkpoints (FSDP): every process writes and reads its own part; no process holds the whole state
+def save_sharded(raw_model, optimizer, folder):
+    """Every process must call this: the model and optimizer state, each process its shards, in folder."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model_sd, optim_sd = get_state_dict(raw_model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=folder)
+
+
+def load_sharded(raw_model, optimizer, folder):
+    """Every process must call this: each reads the parts of folder its shards need (any number of
+    processes may have written it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_sd, optim_sd = get_state_dict(raw_model, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=folder)
+    set_state_dict(raw_model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def agree(value, world):
+    """Rank 0's value of a small Python object, on every process."""
+    if world == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]

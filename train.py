@@ -13,6 +13,7 @@ if nothing had happened. SIGTERM or Ctrl-C saves a checkpoint first.
 
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -186,8 +187,8 @@ def load_resume(cfg, overrides):
     if not os.path.isfile(path):
         raise UserError(f"init_from=resume, but {cfg.out_dir} has no {checkpoint.CKPT}: check --out_dir, "
                         f"or start with --init_from=scratch")
-    ckpt = checkpoint.load(path)
-    if "optimizer" not in ckpt or not isinstance(ckpt.get("config"), dict):
+    ckpt = checkpoint.load(path, shards=())  # a sharded state is read in load_state_dict, where FSDP is known
+    if ("optimizer" not in ckpt and "sharded" not in ckpt) or not isinstance(ckpt.get("config"), dict):
         raise UserError(f"{path} holds weights only (a best.pt or an export), not a run's state: it cannot be "
                         f"resumed; sample or evaluate it, or fine-tune it from a Hugging Face export (export.py)")
     saved = ckpt["config"]
@@ -663,7 +664,7 @@ class Trainer:
                             f"{faults.MAX_ROLLBACKS} times, each with half the learning rate; {path} is the last good "
                             f"checkpoint. Lower learning_rate, raise warmup_iters, or check the data")
         failed_at = self.iter_num
-        self.load_state_dict(checkpoint.load(path))
+        self.load_state_dict(checkpoint.load(path, shards=()))
         self.rollbacks = rollbacks
         self.recover_to = self.val_loss  # None for checkpoints from before val_loss was saved: no check
         self.lr_scale *= 0.5 ** self.rollbacks
@@ -692,8 +693,10 @@ class Trainer:
     # -- checkpoints: the whole run's state ------------------------------------------------------
 
     def state_dict(self, full=True):
-        """The checkpoint. Under FSDP every process must call this (it gathers the shards)."""
-        state = {"model": distributed.model_state(self.raw_model),
+        """The checkpoint. Under FSDP every process must call this: it gathers the weights for best.pt
+        (full False); ckpt.pt's model and optimizer state are written sharded instead (save)."""
+        sharded = full and self.fsdp
+        state = {**({} if sharded else {"model": distributed.model_state(self.raw_model)}),
                  "model_args": self.model_args, "config": config_dict(self.cfg), "tokenizer": self.meta["tokenizer"],
                  "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss,
                  "evaluated_at": self.evaluated_at}
@@ -702,15 +705,23 @@ class Trainer:
             if self.device_type == "cuda":
                 rng["cuda"] = distributed.gather(torch.cuda.get_rng_state(self.device), self.world)
             # optimizer state keyed by parameter name, so a checkpoint moves between DDP and FSDP
-            state.update(optimizer=distributed.optimizer_state(self.raw_model, self.optimizer),
-                         scaler=self.scaler.state_dict(), loader=self.loader_state, rng=rng, lr_scale=self.lr_scale,
+            if not sharded:
+                state["optimizer"] = distributed.optimizer_state(self.raw_model, self.optimizer)
+            state.update(scaler=self.scaler.state_dict(), loader=self.loader_state, rng=rng, lr_scale=self.lr_scale,
                          recent_losses=list(self.bad_steps.recent), rollbacks=self.rollbacks,
                          recover_to=self.recover_to)
         return state
 
     def load_state_dict(self, ckpt):
-        distributed.load_model_state(self.raw_model, ckpt["model"])
-        distributed.load_optimizer_state(self.raw_model, self.optimizer, ckpt["optimizer"])
+        if "sharded" in ckpt:  # written by FSDP: each process reads its part, or one process all of it
+            folder = checkpoint.shards_dir(os.path.join(self.cfg.out_dir, checkpoint.CKPT), ckpt)
+            if self.fsdp:
+                distributed.load_sharded(self.raw_model, self.optimizer, folder)
+            else:
+                ckpt = {**ckpt, **checkpoint.read_shards(folder, ("model", "optimizer"))}
+        if "model" in ckpt:
+            distributed.load_model_state(self.raw_model, ckpt["model"])
+            distributed.load_optimizer_state(self.raw_model, self.optimizer, ckpt["optimizer"])
         for group, hyper in zip(self.optimizer.param_groups, self.hyper):
             group.update(hyper)  # --learning_rate, --weight_decay, --beta1/2 on resume take effect
         if ckpt.get("scaler"):  # a bf16 or fp32 run saves an empty one: a float16 resume starts its scale afresh
@@ -735,20 +746,31 @@ class Trainer:
     def save(self, best=False):
         """Write ckpt.pt (or best.pt, weights only); with keep_last_n, keep older ckpt.pt's by hard link."""
         state = self.state_dict(full=not best)
+        out = self.cfg.out_dir
+        if self.fsdp and not best:  # the shards first, in a new folder; ckpt.pt, which names it, after
+            names = os.listdir(out)
+            folder = distributed.agree(next(f"shards_{self.iter_num:07d}.{k}" for k in range(len(names) + 1)
+                                            if f"shards_{self.iter_num:07d}.{k}" not in names), self.world)
+            distributed.save_sharded(self.raw_model, self.optimizer, os.path.join(out, folder))
+            state["sharded"] = folder
         if not self.master:
             return
-        out = self.cfg.out_dir
         path = os.path.join(out, checkpoint.BEST if best else checkpoint.CKPT)
         checkpoint.save(state, path)
-        if best or not self.cfg.keep_last_n:
-            return
-        numbered = os.path.join(out, f"ckpt_{self.iter_num:07d}.pt")
-        if os.path.exists(numbered):
-            os.remove(numbered)
-        os.link(path, numbered)  # costs no space until ckpt.pt is replaced
-        old = sorted(f for f in os.listdir(out) if checkpoint.numbered(f))
-        for f in old[:-self.cfg.keep_last_n]:
-            os.remove(os.path.join(out, f))
+        if not best and self.cfg.keep_last_n:
+            numbered = os.path.join(out, f"ckpt_{self.iter_num:07d}.pt")
+            if os.path.exists(numbered):
+                os.remove(numbered)
+            os.link(path, numbered)  # costs no space until ckpt.pt is replaced
+            old = sorted(f for f in os.listdir(out) if checkpoint.numbered(f))
+            for f in old[:-self.cfg.keep_last_n]:
+                os.remove(os.path.join(out, f))
+        shards = [n for n in os.listdir(out) if checkpoint.SHARDS.fullmatch(n)] if not best else []
+        if shards:  # sharded states no checkpoint names any more (after a save, or a resume without FSDP)
+            keep = checkpoint.referenced_shards(out)
+            for name in shards:
+                if name not in keep:
+                    shutil.rmtree(os.path.join(out, name), ignore_errors=True)
 
 
 def train(cfg, overrides=None):

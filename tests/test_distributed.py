@@ -17,6 +17,7 @@ import torch
 
 import checkpoint
 from conftest import ROOT, read_metrics, tiny_train_config
+from loading import load_model
 from train import TrainConfig, train
 
 # 4 micro-batches of 4 per step: one process runs all 4, two processes 2 each. Runs on 2 processes and
@@ -162,6 +163,12 @@ def test_fsdp_resume_two_to_two_and_two_to_one(data_root, tmp_path, single):
     # an odd eval_iters: the processes' forwards (collectives under FSDP) must still pair up
     out = torchrun(data_root, tmp_path, fsdp=True, eval_iters=3, max_iters=8)
     assert "2 processes (FSDP)" in out
+    # sharded: ckpt.pt names a folder that each process wrote its part of; sample.py reads it whole
+    saved = checkpoint.load(str(tmp_path / checkpoint.CKPT), shards=())
+    assert "model" not in saved and "optimizer" not in saved and (tmp_path / saved["sharded"] / ".metadata").exists()
+    model, *_ = load_model(str(tmp_path / checkpoint.CKPT), "cpu")
+    best = checkpoint.load(str(tmp_path / checkpoint.BEST))["model"]  # best.pt: the weights, gathered
+    assert all(torch.equal(t, best[k]) for k, t in model.state_dict().items())
     on_one = tmp_path.parent / (tmp_path.name + "_one")
     shutil.copytree(tmp_path, on_one)
     torchrun(data_root, tmp_path, fsdp=True, eval_iters=3, init_from="resume", max_iters=16)
@@ -169,6 +176,8 @@ def test_fsdp_resume_two_to_two_and_two_to_one(data_root, tmp_path, single):
     overrides = {"init_from": "resume", "out_dir": str(on_one), "max_iters": 16, "fsdp": False}
     train(TrainConfig(**overrides), overrides)  # an FSDP checkpoint resumes on a single process
     assert_same_curve(losses(on_one), losses(single))
+    assert [n for n in os.listdir(on_one) if checkpoint.SHARDS.fullmatch(n)] == []  # none left unnamed
+    assert len([n for n in os.listdir(tmp_path) if checkpoint.SHARDS.fullmatch(n)]) == 1
 
 
 def our_lines(stderr):

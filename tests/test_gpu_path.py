@@ -103,3 +103,53 @@ def test_a_checkpoint_from_before_vocab_padding_loads_and_resumes_unpadded(data_
     resume = {"init_from": "resume", "out_dir": str(out), "max_iters": 3}
     train(TrainConfig(**resume), resume)
     assert checkpoint.load(path)["model_args"]["pad_vocab_to"] == 1
+
+
+def test_fsdp_with_compile_makes_one_graph_per_block_without_breaks(fresh_dynamo, monkeypatch):
+    """FSDP2's hooks around each block (gather the weights, free them) sit between compiled graphs:
+    distributed.wrap compiles every block on its own before sharding it. On one gloo process."""
+    import socket
+
+    import torch.distributed as dist
+
+    import distributed
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        original = torch.nn.Module.compile
+        monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend="eager", **kw))
+        model = distributed.wrap(tiny(), 1, fsdp=True, use_compile=True, device="cpu", dtype="float32")
+        x, y = torch.randint(100, (4, 16)), torch.randint(100, (4, 16))
+        for _ in range(2):  # the second step reuses the graphs: no recompiles
+            model(x, y, return_logits=False)[1].backward()
+        assert counters["stats"]["unique_graphs"] == 1  # both blocks share one graph (same code, same shapes)
+        assert not counters["graph_break"], dict(counters["graph_break"])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_float16_resume_from_a_checkpoint_without_scaler_state(data_root, tmp_path, monkeypatch):
+    """A bf16 or fp32 run saves an empty grad-scaler state: a float16 resume (its scaler on) must start
+    the scale afresh, not fail on loading {}. The scaler is forced on here, as float16 needs CUDA."""
+    train(tiny_train_config(data_root, tmp_path, max_iters=2))
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=True: real(device, enabled=True))
+    overrides = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 4}
+    assert train(TrainConfig(**overrides), overrides)["iter_num"] == 4
+
+
+def test_cuda_n_becomes_the_current_device(monkeypatch):
+    """--device=cuda:1 on one process: what names no device (synchronize, is_bf16_supported) must act on
+    GPU 1, not GPU 0; a GPU that is not there is one line."""
+    import devices
+    from configurator import UserError
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert devices.resolve_device("cuda:1") == "cuda:1" and chosen == [1]
+    assert devices.resolve_device("cuda") == "cuda" and chosen == [1]
+    with pytest.raises(UserError, match="CUDA devices 0 to 1"):
+        devices.resolve_device("cuda:2")
