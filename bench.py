@@ -564,8 +564,111 @@ def summarize_recipes(rows, cfg):
     return {"bench": "recipes", "recipe": cfg.recipe, "equal_time": t_eq, "target": cfg.target, "table": table}
 
 
+@dataclass
+class CheckpointBench:
+    """Saving and loading an FSDP run's whole state (model and AdamW moments) on 2 CPU processes (gloo):
+    gathered into one file by rank 0 (fsdp checkpoints before sharding) against sharded with
+    torch.distributed.checkpoint (each process its part). Each way runs in a torchrun of its own, so
+    its peak memory is its own; seconds and each rank's peak resident memory (VmHWM) in the JSON."""
+    n_layer: int = 12  # the model's shape: GPT-2 124M by default
+    n_head: int = 12
+    n_embd: int = 768
+    vocab_size: int = 50304
+    work_dir: str = "out/bench_checkpoint"  # where the checkpoints are written (made if missing; removed after)
+    mode: str = ""  # internal: the torchrun worker's way (gathered or sharded)
+
+
+def peak_rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def checkpoint_worker(cfg):
+    """One torchrun worker: build the sharded model, make its optimizer state, save it, load it back."""
+    import os
+    import shutil
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    import distributed
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=64,
+                          vocab_size=cfg.vocab_size, pad_vocab_to=1))
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(cfg.vocab_size, (1, 64))
+    model(x, x, return_logits=False)[1].backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    folder = os.path.join(cfg.work_dir, cfg.mode)
+    os.makedirs(folder, exist_ok=True)
+    before = peak_rss()
+    dist.barrier()
+    t0 = time.perf_counter()
+    if cfg.mode == "sharded":
+        distributed.save_sharded(model, opt, os.path.join(folder, "shards"))
+    else:
+        state = {"model": distributed.model_state(model), "optimizer": distributed.optimizer_state(model, opt)}
+        if rank == 0:
+            torch.save(state, os.path.join(folder, "ckpt.pt"))
+        del state
+    dist.barrier()
+    t_save, after_save = time.perf_counter() - t0, peak_rss()
+    t0 = time.perf_counter()
+    if cfg.mode == "sharded":
+        distributed.load_sharded(model, opt, os.path.join(folder, "shards"))
+    else:  # as resume did: every process reads the whole file, then keeps its shards
+        state = torch.load(os.path.join(folder, "ckpt.pt"), map_location="cpu", weights_only=True)
+        distributed.load_model_state(model, state["model"])
+        distributed.load_optimizer_state(model, opt, state["optimizer"])
+        del state
+    dist.barrier()
+    t_load = time.perf_counter() - t0
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
+    rows = [None] * dist.get_world_size()
+    dist.all_gather_object(rows, {"rank": rank, "peak_before_gib": before / 2**30,
+                                  "peak_after_save_gib": after_save / 2**30, "peak_after_load_gib": peak_rss() / 2**30})
+    if rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        print(json.dumps({"mode": cfg.mode, "save_s": round(t_save, 2), "load_s": round(t_load, 2),
+                          "bytes": size, "ranks": rows}))
+    dist.destroy_process_group()
+
+
+def bench_checkpoint(cfg):
+    if cfg.mode:
+        return checkpoint_worker(cfg)
+    import os
+    import subprocess
+    made = not os.path.exists(cfg.work_dir)
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    results = []
+    for mode in ("gathered", "sharded"):
+        args = [f"--{k}={v}" for k, v in vars(cfg).items() if k != "mode"] + [f"--mode={mode}"]
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            os.path.abspath(__file__), "checkpoint", *args], capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        if r.returncode or not lines:
+            raise UserError(f"the {mode} checkpoint run failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:200]}")
+        results.append(json.loads(lines[-1]))
+        print(f"{mode}: save {results[-1]['save_s']} s, load {results[-1]['load_s']} s, "
+              f"{results[-1]['bytes'] / 2**30:.2f} GiB, peak per rank " + ", ".join(
+                  f"{row['peak_before_gib']:.2f} -> {row['peak_after_save_gib']:.2f} -> {row['peak_after_load_gib']:.2f} GiB"
+                  for row in results[-1]["ranks"]), file=sys.stderr)
+    if made:
+        os.rmdir(cfg.work_dir)
+    return {"bench": "checkpoint", "results": results}
+
+
 COMMANDS = {"train": (TrainBench, bench_train), "gpu": (GpuBench, bench_gpu), "sample": (SampleBench, bench_sample),
-            "prepare": (PrepareBench, bench_prepare), "recipes": (RecipesBench, bench_recipes)}
+            "prepare": (PrepareBench, bench_prepare), "recipes": (RecipesBench, bench_recipes),
+            "checkpoint": (CheckpointBench, bench_checkpoint)}
 
 
 def main(argv=None):
