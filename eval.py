@@ -82,7 +82,7 @@ def score(model, tokens, block_size, stride, batch_size, ctx, device, token_byte
                 y[r, :skip] = -1  # scored by an earlier window: ignored (cross_entropy's ignore_index)
             n = int((y >= 0).sum())
             with ctx:
-                _, loss = model(x, y.to(device))  # the mean over the n targets
+                _, loss = model(x, y.to(device), return_logits=False)  # the mean over the n targets; no logits kept
             total += loss.item() * n
             count += n
             if progress:

@@ -144,7 +144,10 @@ def loglikelihoods(model, rows, ctx, device):
         y[r, len(s) - 1 - n:len(s) - 1] = torch.tensor(s[len(s) - n:])
     x, y = x.to(device), y.to(device)
     with ctx:
-        logits, _ = model(x, y)  # with targets the model returns the logits of every position
+        # with targets the model returns the logits of every position. Only the scored ones (the endings,
+        # a few of each row's tokens) are used, but picking them before the head would need the model to
+        # hand back its final hidden states: a (B, T, vocab) tensor per batch of rows it stays, for now
+        logits, _ = model(x, y)
     scored = y >= 0
     logp = F.log_softmax(logits[scored].float(), dim=-1).gather(1, y[scored][:, None])[:, 0]
     rows_of = torch.arange(len(rows), device=device)[:, None].expand_as(y)[scored]

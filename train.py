@@ -221,14 +221,14 @@ def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1, should_stop=None)
             batches[j] += 1
             if k % world == rank:
                 with ctx:
-                    totals[j] += model(x, y)[1].float()
+                    totals[j] += model(x, y, return_logits=False)[1].float()  # no (B, T, vocab) tensor kept
             if should_stop is not None and (k + 1) % world == 0 and should_stop():  # a preempted job cannot wait
                 model.train()
                 return None
         if world > 1:
             if rank > k % world:  # the last round was short of this process's batch: a forward that is not counted
                 with ctx:
-                    model(x, y)
+                    model(x, y, return_logits=False)
             torch.distributed.all_reduce(totals)
         means = [t / n for t, n in zip(totals.tolist(), batches)]
         out[split] = float(sum(w * m for w, m in zip(loader.weights, means)))  # a mix: weighted like its training

@@ -70,6 +70,25 @@ def test_whole_split_loss_bytes_and_bits_per_byte(data_root, tmp_path):
     assert sliding["tokens"] == count and sliding["stride"] == 8 and sliding["loss"] != result["loss"]
 
 
+def test_evals_ask_the_model_for_the_loss_only(data_root, tmp_path, monkeypatch):
+    """eval.py and train.py's evals use only the loss: a forward with targets that returned its logits
+    would build a (B, T, vocab) tensor per batch (about 1.2 GB for GPT-2 at batch 16 in bf16)."""
+    from conftest import tiny_train_config
+    from train import train
+    calls, forward = [], GPT.forward
+
+    def recorded(self, idx, targets=None, cache=None, return_logits=True):
+        if targets is not None and not self.training:
+            calls.append(return_logits)
+        return forward(self, idx, targets, cache, return_logits)
+    monkeypatch.setattr(GPT, "forward", recorded)
+    run_eval(out_dir=make_checkpoint(tmp_path / "best.pt", data_root, "tiny_char"))
+    assert calls and not any(calls)
+    calls.clear()
+    train(tiny_train_config(data_root, tmp_path / "run", max_iters=5))
+    assert calls and not any(calls)
+
+
 def test_bytes_of_gpt2_tokens(data_root, tmp_path):
     path = make_checkpoint(tmp_path / "best.pt", data_root, "tiny_gpt2")
     result = run_eval(out_dir=path, batch_size=3)
