@@ -473,7 +473,10 @@ class Trainer:
                 break
         if self.master and not stopped:
             total = time.time() - self.t0
-            print(f"done: {self.iter_num} steps in {fmt_time(total)} (evals and checkpoints {eval_seconds:.1f} s, "
+            # a resumed run says both: where the run stands, and what this process did of it
+            steps = (f"{self.iter_num} steps" if self.start_iter == 0 else
+                     f"step {self.iter_num}, this run {self.iter_num - self.start_iter} steps ({self.start_iter} -> {self.iter_num})")
+            print(f"done: {steps} in {fmt_time(total)} (evals and checkpoints {eval_seconds:.1f} s, "
                   f"{eval_seconds / max(total, 1e-9):.0%}), best val loss {self.best_val_loss:.4f}; "
                   f"checkpoints in {cfg.out_dir}")
         return {"iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "out_dir": cfg.out_dir,
