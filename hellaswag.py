@@ -17,15 +17,14 @@ Per example and ending, ll = the summed log-probability of " " + ending given th
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import sources
 from configurator import UserError
+from metrics import Progress
 
 TASKS = ("hellaswag",)
 HUB_DATASET = "Rowan/hellaswag"  # what lm-eval loads; its validation split is the original val file
@@ -166,8 +165,7 @@ def score(model, examples, batch_size, ctx, device, progress=False):
     model.eval()
     rows = [row for ex in examples for row in ex.rows]
     lls = []
-    with tqdm(total=len(examples), unit="example", file=sys.stderr,
-              disable=not progress or not sys.stderr.isatty()) as bar:
+    with Progress(len(examples), "hellaswag", "examples", enabled=progress) as bar:  # a bar, or a line every 30 s
         for i in range(0, len(rows), batch_size):
             lls += loglikelihoods(model, rows[i:i + batch_size], ctx, device)
             bar.update(len(lls) // 4 - bar.n)

@@ -114,6 +114,45 @@ def plot_losses(events, path):
     os.replace(tmp, path)
 
 
+class Progress:
+    """The progress of a long loop (eval.py's scoring, train.py's evals, HellaSwag) on stderr: a tqdm bar
+    on a terminal, once the loop has taken `delay` seconds; where stderr is not a terminal (nohup, a
+    pipe, a log file) a plain line at most every INTERVAL seconds instead, so that a long eval does not
+    look hung and the log holds no bar characters. A loop shorter than that prints nothing."""
+
+    INTERVAL = 30.0  # seconds between plain lines
+
+    def __init__(self, total, desc, unit, enabled=True, delay=2.0, unit_scale=False, file=None):
+        self.total, self.desc, self.unit, self.enabled, self.n = total, desc, unit, enabled, 0
+        self.file = file or sys.stderr
+        self.bar = None
+        if enabled and self.file.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, leave=False, delay=delay,
+                            file=self.file)
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, n=1):
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and (now := time.monotonic()) - self.last >= self.INTERVAL:
+            self.last = now
+            share = f" ({self.n / self.total:.0%})" if self.total else ""
+            print(f"{self.desc}: {self.n:,} of {self.total:,} {self.unit}{share}, {now - self.t0:.0f} s",
+                  file=self.file, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # Dense bf16 tensor peaks per device, FLOP/s, from the vendors' datasheets; "dense" is half the
 # figure the datasheets print "with sparsity". fp16 where a device has no bf16 (V100, T4: their fp16
 # tensor peak, which is what autocast then runs). The sources, by line:

@@ -21,7 +21,6 @@ from typing import Optional
 if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning
     __import__("configurator").quiet_interrupts()
 import torch
-from tqdm import tqdm
 
 import checkpoint
 import distributed
@@ -31,7 +30,7 @@ import tokenizer
 from configurator import UserError, check_types, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
 from devices import autocast, resolve_device, resolve_dtype
-from metrics import Metrics, estimate_mfu, slow_run_warning
+from metrics import Metrics, Progress, estimate_mfu, slow_run_warning
 import model
 from model import GPT, GPTConfig
 from shards import check_tokens, read_meta, shard_paths
@@ -213,18 +212,18 @@ def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1, should_stop=None)
     for split, loader in loaders.items():
         totals = torch.zeros(len(loader.streams), device=loader.device)
         batches = [0] * len(loader.streams)
-        # a bar on a terminal (stderr) once an eval takes seconds: eval_iters batches can take minutes on a CPU
-        progress = tqdm(loader.spread_batches(eval_iters), desc=f"eval {split}", total=eval_iters, unit="batch",
-                        leave=False, delay=2, disable=True if rank else None)
+        # eval_iters batches can take minutes on a CPU: a bar on a terminal, else a line every 30 s or so
         k = -1
-        for k, (j, x, y) in enumerate(progress):
-            batches[j] += 1
-            if k % world == rank:
-                with ctx:
-                    totals[j] += model(x, y, return_logits=False)[1].float()  # no (B, T, vocab) tensor kept
-            if should_stop is not None and (k + 1) % world == 0 and should_stop():  # a preempted job cannot wait
-                model.train()
-                return None
+        with Progress(eval_iters, f"eval {split}", "batches", enabled=not rank) as progress:
+            for k, (j, x, y) in enumerate(loader.spread_batches(eval_iters)):
+                batches[j] += 1
+                if k % world == rank:
+                    with ctx:
+                        totals[j] += model(x, y, return_logits=False)[1].float()  # no (B, T, vocab) tensor kept
+                progress.update()
+                if should_stop is not None and (k + 1) % world == 0 and should_stop():  # a preempted job cannot wait
+                    model.train()
+                    return None
         if world > 1:
             if rank > k % world:  # the last round was short of this process's batch: a forward that is not counted
                 with ctx:

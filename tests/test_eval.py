@@ -89,6 +89,34 @@ def test_evals_ask_the_model_for_the_loss_only(data_root, tmp_path, monkeypatch)
     assert calls and not any(calls)
 
 
+def test_progress_off_a_terminal_is_a_plain_line_at_most_every_interval(monkeypatch):
+    import io
+    import metrics
+    clock = iter([0.0, 10.0, 31.0, 45.0, 62.0])  # __init__, then one reading per update
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: next(clock))
+    log = io.StringIO()  # not a terminal
+    with metrics.Progress(4, "scoring val", "batches", file=log) as p:
+        for _ in range(4):
+            p.update()
+    lines = log.getvalue().splitlines()  # nothing at 10 s; at 31; 45 is too soon after it; at 62
+    assert lines == ["scoring val: 2 of 4 batches (50%), 31 s", "scoring val: 4 of 4 batches (100%), 62 s"]
+    assert "\r" not in log.getvalue()
+
+
+def test_evals_print_progress_lines_in_a_log(data_root, tmp_path, monkeypatch, capsys):
+    """eval.py, train.py's evals and HellaSwag, with stderr not a terminal (capsys): plain lines, no bar."""
+    import metrics
+    from conftest import tiny_train_config
+    from train import train
+    monkeypatch.setattr(metrics.Progress, "INTERVAL", 0.0)  # a line at every update
+    run_eval(out_dir=make_checkpoint(tmp_path / "best.pt", data_root, "tiny_char"))
+    err = capsys.readouterr().err
+    assert "scoring val: " in err and " tokens (" in err and "\r" not in err
+    train(tiny_train_config(data_root, tmp_path / "run", max_iters=2, eval_interval=2))
+    err = capsys.readouterr().err
+    assert "eval val: 2 of 2 batches (100%)" in err and "\r" not in err
+
+
 def test_bytes_of_gpt2_tokens(data_root, tmp_path):
     path = make_checkpoint(tmp_path / "best.pt", data_root, "tiny_gpt2")
     result = run_eval(out_dir=path, batch_size=3)
