@@ -161,8 +161,12 @@ class Generation:
         """Yield a (B,) CPU tensor of next tokens per step; a row that has produced eot_id yields -1 from
         then on, and the stream ends when every row has. Past block_size, the cache keeps the newest
         half of the context and refills, while full recomputation slides a block_size window."""
-        for step in self._steps(prompts, max_new_tokens, temperature, top_k, top_p, eot_id, use_cache, generator):
-            yield torch.tensor(step)
+        steps = self._steps(prompts, max_new_tokens, temperature, top_k, top_p, eot_id, use_cache, generator)
+        try:
+            for step in steps:
+                yield torch.tensor(step)
+        finally:
+            steps.close()  # a caller that stops early (sample.py's stop strings) puts the model back in its mode
 
     @torch.no_grad()
     def _steps(self, prompts, max_new_tokens, temperature, top_k, top_p, eot_id, use_cache, generator):

@@ -90,3 +90,12 @@ def test_sample_next_refuses_non_finite_rows_and_keeps_minus_inf():
             sample_next(torch.tensor([[1.0, bad, 2.0]]), temperature=1.0, generator=torch.Generator().manual_seed(0))
     with pytest.raises(UserError, match="temperature=1e-40"):  # logits / 1e-40 overflow
         sample_next(torch.tensor([[1.0, 3.0, 2.0]]), temperature=1e-40)
+
+
+def test_a_stream_closed_early_restores_the_training_mode():
+    model = small_model().train()
+    steps = model.generate_stream([[1, 2, 3]], 10, temperature=0)
+    next(steps)
+    assert not model.training  # generating: eval mode (no dropout)
+    steps.close()
+    assert model.training
