@@ -610,9 +610,13 @@ class Trainer:
             return None
         # a generator of its own: sampling must not move the training's random state
         g = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        with self.ctx:
-            out = self.raw_model.generate([ids], cfg.sample_tokens, temperature=0.8, top_k=200, eot_id=t.eot_id,
-                                          generator=g)
+        try:
+            with self.ctx:
+                out = self.raw_model.generate([ids], cfg.sample_tokens, temperature=0.8, top_k=200, eot_id=t.eot_id,
+                                              generator=g)
+        except UserError as e:  # non-finite probabilities: a sample is not worth the run; the losses tell
+            print(f"warning: no sample at step {self.iter_num}: {e}")
+            return None
         return cfg.sample_prompt + t.decode(out[0])
 
     # -- faults: bad steps, rollbacks, stop requests (policies in faults.py) ---------------------

@@ -99,3 +99,17 @@ def test_a_stream_closed_early_restores_the_training_mode():
     assert not model.training  # generating: eval mode (no dropout)
     steps.close()
     assert model.training
+
+
+def test_a_non_finite_sample_at_an_eval_is_a_warning_not_the_end_of_the_run(data_root, tmp_path, monkeypatch, capsys):
+    import generate
+    from conftest import tiny_train_config
+    from train import train
+
+    def broken(self, *args, **kwargs):
+        raise generate.non_finite_error(0.8, 1)
+        yield
+    monkeypatch.setattr(generate.Generation, "_steps", broken)
+    result = train(tiny_train_config(data_root, tmp_path, max_iters=4, eval_interval=2, sample_tokens=5))
+    assert result["iter_num"] == 4
+    assert "warning: no sample at step 2: the model's next-token probabilities are not finite" in capsys.readouterr().out
