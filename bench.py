@@ -3,7 +3,7 @@ Measured speed: one subcommand per thing measured, each with its own options (--
 Every subcommand prints a readable line to stderr and one JSON line to stdout.
 
     python bench.py train config/tinystories_124m.py --batch_size=16   # training step: tokens/s, MFU, memory
-    python bench.py gpu --out=$OUT            # the whole GPU sweep (< 9 minutes on one H100); --quick: a toy shape
+    python bench.py gpu --out=$OUT            # the whole GPU sweep (--budget: its time limit, 510 s); --quick: a toy shape
     python bench.py sample                    # generation: KV cache vs full recomputation, GPT-2 124M shape
     python bench.py prepare --megabytes=100   # tokenization: 1 vs 2 workers vs a plain tiktoken loop; peak RSS
     python bench.py sample --n_layer=4 --prompt_tokens=64 --new_tokens=32 --repeats=5   # a quick look
@@ -256,7 +256,7 @@ class GpuBench:
     out: str = "out/bench_gpu"  # runs.jsonl (one JSON line per run, failures too) and a log per run go here
     quick: bool = False  # every run at a toy shape and 2 steps: checks the plumbing (seconds on a CPU)
     only: list[str] = field(default_factory=list)  # run only these names (see the table); empty: all
-    budget: float = 510.0  # seconds for the whole sweep (under the 9 minutes of a lease); later runs are skipped
+    budget: float = 510.0  # a time limit for the whole sweep, in seconds: each run gets what is left (at most --timeout); under 30 s left, the rest are recorded as skipped
     timeout: float = 150.0  # seconds one run may take, compile included
     steps: int = 4  # timed steps per run (1 warm-up step first; 10 x as many for the 17.9M runs)
     device: str = "auto"  # passed to every run: auto, cuda, cpu
@@ -671,12 +671,24 @@ COMMANDS = {"train": (TrainBench, bench_train), "gpu": (GpuBench, bench_gpu), "s
             "checkpoint": (CheckpointBench, bench_checkpoint)}
 
 
+# what each command measures: `python bench.py --help` lists them
+MEASURES = {
+    "train": "a training step of a config (train.py's keys follow): tokens/s, MFU, peak memory",
+    "gpu": "the GPU sweep: GPT-2 124M and 17.9M over micro-batch, attention, compile, padding (OUT/runs.jsonl)",
+    "sample": "generation: tokens/s with the KV cache and with full recomputation",
+    "prepare": "tokenization: tokens/s with 1 and N workers against a plain tiktoken loop; peak memory",
+    "recipes": "each modern switch over seeds: val loss at equal steps and at equal time (docs/recipes.md)",
+}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     usage = (f"usage: python bench.py {{{','.join(COMMANDS)}}} [--key=value ...]  "
              f"(--help after a command lists its keys)")
     if argv and argv[0] in ("-h", "--help"):
-        print(usage)
+        width = max(map(len, COMMANDS))
+        print("\n".join([usage, "", "commands:"] + [f"  {c:<{width}}  {MEASURES[c]}" for c in COMMANDS]
+                        + ["", "Each prints a readable line on stderr and one JSON line on stdout."]))
         return
     if not argv or argv[0] not in COMMANDS:
         raise UserError(f"{'unknown command ' + repr(argv[0]) if argv else 'no command'}; {usage}")

@@ -13,6 +13,7 @@ nothing more to save than a count per dataset) decides which dataset each
 window of the stream comes from.
 """
 
+import difflib
 import os
 
 import numpy as np
@@ -169,6 +170,16 @@ class DataLoader:
 
 
 def dataset_dir(dataset, data_root="data"):
-    """A dataset name means data/<name>/; a path to an existing folder is also accepted."""
+    """A dataset name means data/<name>/; a path to an existing folder is also accepted. A name that is
+    neither, but close to a dataset prepared in data_root, is a one-line error that says which, as a
+    mistyped key is (configurator)."""
     named = os.path.join(data_root, dataset)
-    return dataset if not os.path.isdir(named) and os.path.isdir(dataset) else named
+    if not os.path.isdir(named) and os.path.isdir(dataset):
+        return dataset
+    if not os.path.isdir(named) and os.path.isdir(data_root):
+        prepared = [d for d in os.listdir(data_root) if os.path.isfile(os.path.join(data_root, d, "meta.json"))]
+        close = difflib.get_close_matches(dataset, prepared, n=1, cutoff=0.6)
+        if close:
+            raise UserError(f"dataset folder {named} not found (did you mean '{close[0]}'?); a new dataset is "
+                            f"prepared first: python prepare.py --input YOUR_FILES --name {dataset}")
+    return named

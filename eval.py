@@ -26,13 +26,13 @@ if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() give
     __import__("configurator").quiet_interrupts()
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import hellaswag
 from configurator import UserError, parse_args, run
 from dataloader import dataset_dir
 from devices import inference_device
 from loading import describe, load_model
+from metrics import Progress
 from shards import open_shard, read_meta, shard_paths
 from tokenizer import same_tokenizer
 
@@ -82,7 +82,7 @@ def score(model, tokens, block_size, stride, batch_size, ctx, device, token_byte
                 y[r, :skip] = -1  # scored by an earlier window: ignored (cross_entropy's ignore_index)
             n = int((y >= 0).sum())
             with ctx:
-                _, loss = model(x, y.to(device))  # the mean over the n targets
+                _, loss = model(x, y.to(device), return_logits=False)  # the mean over the n targets; no logits kept
             total += loss.item() * n
             count += n
             if progress:
@@ -126,9 +126,8 @@ def evaluate(cfg, info=None):
     token_bytes[tokenizer.eot_id] = 0
     nats, targets, n_bytes = 0.0, 0, 0
     shards = [open_shard(p) for p in paths]
-    # a bar on a terminal (stderr) once scoring takes seconds: a large split takes minutes
-    with tqdm(total=sum(max(len(s) - 1, 0) for s in shards), desc=f"scoring {cfg.split}", unit="tok", unit_scale=True,
-              leave=False, delay=2, disable=None) as bar:
+    # a large split takes minutes: a bar on a terminal (stderr), else a plain line every 30 s or so
+    with Progress(sum(max(len(s) - 1, 0) for s in shards), f"scoring {cfg.split}", "tokens", unit_scale=True) as bar:
         for tokens in shards:
             totals = score(model, tokens, block_size, stride, cfg.batch_size, ctx, device, token_bytes, bar.update)
             nats, targets, n_bytes = nats + totals[0], targets + totals[1], n_bytes + totals[2]

@@ -17,15 +17,14 @@ Per example and ending, ll = the summed log-probability of " " + ending given th
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import sources
 from configurator import UserError
+from metrics import Progress
 
 TASKS = ("hellaswag",)
 HUB_DATASET = "Rowan/hellaswag"  # what lm-eval loads; its validation split is the original val file
@@ -144,7 +143,10 @@ def loglikelihoods(model, rows, ctx, device):
         y[r, len(s) - 1 - n:len(s) - 1] = torch.tensor(s[len(s) - n:])
     x, y = x.to(device), y.to(device)
     with ctx:
-        logits, _ = model(x, y)  # with targets the model returns the logits of every position
+        # with targets the model returns the logits of every position. Only the scored ones (the endings,
+        # a few of each row's tokens) are used, but picking them before the head would need the model to
+        # hand back its final hidden states: a (B, T, vocab) tensor per batch of rows it stays, for now
+        logits, _ = model(x, y)
     scored = y >= 0
     logp = F.log_softmax(logits[scored].float(), dim=-1).gather(1, y[scored][:, None])[:, 0]
     rows_of = torch.arange(len(rows), device=device)[:, None].expand_as(y)[scored]
@@ -163,8 +165,7 @@ def score(model, examples, batch_size, ctx, device, progress=False):
     model.eval()
     rows = [row for ex in examples for row in ex.rows]
     lls = []
-    with tqdm(total=len(examples), unit="example", file=sys.stderr,
-              disable=not progress or not sys.stderr.isatty()) as bar:
+    with Progress(len(examples), "hellaswag", "examples", enabled=progress) as bar:  # a bar, or a line every 30 s
         for i in range(0, len(rows), batch_size):
             lls += loglikelihoods(model, rows[i:i + batch_size], ctx, device)
             bar.update(len(lls) // 4 - bar.n)

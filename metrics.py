@@ -9,6 +9,7 @@ so that a GPU recipe started on a CPU says so at once.
 import html
 import json
 import os
+import re
 import sys
 import time
 
@@ -113,28 +114,95 @@ def plot_losses(events, path):
     os.replace(tmp, path)
 
 
-# dense bf16 tensor-core peaks, FLOP/s, from the vendors' datasheets (without sparsity). The name CUDA
-# reports decides: H100 SXM is "NVIDIA H100 80GB HBM3", the PCIe card "NVIDIA H100 PCIe" (lower clocks
-# and power: 756 against 989), NVL "NVIDIA H100 NVL"; the longest key contained in the name wins
+class Progress:
+    """The progress of a long loop (eval.py's scoring, train.py's evals, HellaSwag) on stderr: a tqdm bar
+    on a terminal, once the loop has taken `delay` seconds; where stderr is not a terminal (nohup, a
+    pipe, a log file) a plain line at most every INTERVAL seconds instead, so that a long eval does not
+    look hung and the log holds no bar characters. A loop shorter than that prints nothing."""
+
+    INTERVAL = 30.0  # seconds between plain lines
+
+    def __init__(self, total, desc, unit, enabled=True, delay=2.0, unit_scale=False, file=None):
+        self.total, self.desc, self.unit, self.enabled, self.n = total, desc, unit, enabled, 0
+        self.file = file or sys.stderr
+        self.bar = None
+        if enabled and self.file.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, leave=False, delay=delay,
+                            file=self.file)
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, n=1):
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and (now := time.monotonic()) - self.last >= self.INTERVAL:
+            self.last = now
+            share = f" ({self.n / self.total:.0%})" if self.total else ""
+            print(f"{self.desc}: {self.n:,} of {self.total:,} {self.unit}{share}, {now - self.t0:.0f} s",
+                  file=self.file, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# Dense bf16 tensor peaks per device, FLOP/s, from the vendors' datasheets; "dense" is half the
+# figure the datasheets print "with sparsity". fp16 where a device has no bf16 (V100, T4: their fp16
+# tensor peak, which is what autocast then runs). The sources, by line:
+#   nvidia.com/en-us/data-center/{h100,h200,l40,l40s,l4,a10,a30,a40,v100,t4}/ and .../a100/ (datasheets);
+#   H800 and H20: NVIDIA's China-market specification sheets (H20: 148 dense);
+#   B200 and GB200: the HGX B200 and GB200 NVL72 pages (36 and 360 PFLOPS sparse for 8 and 72 GPUs);
+#   RTX 4090 and 3090: the Ada and Ampere GA102 whitepapers (fp16 tensor with fp32 accumulate, as bf16);
+#   amd.com Instinct MI300X, MI325X, MI250X pages. An MI250X is two devices to PyTorch (two dies), each
+#   half the card's 383: 191.5.
+# A key matches whole words of the name CUDA reports, case aside ("NVIDIA L40" is an L40, not an L4;
+# "NVIDIA A100-SXM4-80GB" an A100, not an A10), and the key of most words wins: H100 SXM is
+# "NVIDIA H100 80GB HBM3", the PCIe card "NVIDIA H100 PCIe" (lower clocks and power: 756 against 989),
+# NVL "NVIDIA H100 NVL". A name no key matches has no MFU (null), rather than a wrong one.
 PEAK_FLOPS = {
     "H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H200 NVL": 835e12,
-    "H800": 989e12, "H800 PCIe": 756e12, "GH200": 989e12,
-    "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12, "MI300X": 1307e12,
+    "H800": 989e12, "H800 PCIe": 756e12, "GH200": 989e12, "H20": 148e12,
+    "B200": 2250e12, "GB200": 2500e12,
+    "A100": 312e12, "A800": 312e12, "A10": 125e12, "A30": 165e12, "A40": 149.7e12,
+    "L4": 121e12, "L40": 181e12, "L40S": 362e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12,
+    "V100": 125e12, "V100 PCIE": 112e12, "V100S": 130e12, "T4": 65e12,
+    "MI300X": 1307e12, "MI325X": 1307e12, "MI250X": 191.5e12,
 }
 
 
+def _words(name):
+    return re.findall(r"[a-z0-9]+", name.lower())
+
+
+def peak_key(name):
+    """The PEAK_FLOPS key a GPU name (as torch.cuda.get_device_name gives it) matches, or None: the key
+    whose words appear, whole and in order, in the name; of several, the one of most words."""
+    words, best = _words(name), None
+    for key in PEAK_FLOPS:
+        k = _words(key)
+        if any(words[i:i + len(k)] == k for i in range(len(words) - len(k) + 1)):
+            if best is None or len(k) > len(_words(best)):
+                best = key
+    return best
+
+
 def peak_flops(device, name=None):
-    """The device's bf16 peak in FLOP/s, or None when unknown (and always on CPU). name: a GPU name as
-    torch.cuda.get_device_name gives it, instead of asking the device."""
+    """The device's dense bf16 peak in FLOP/s, or None when unknown (and always on CPU). name: a GPU
+    name as torch.cuda.get_device_name gives it, instead of asking the device."""
     if name is None:
         if torch.device(device).type != "cuda":
             return None
         name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # longest first: 'L40S' before 'L4'
-        if key in name:
-            return PEAK_FLOPS[key]
-    return None
+    key = peak_key(name)
+    return None if key is None else PEAK_FLOPS[key]
 
 
 def estimate_mfu(flops_per_token, tokens_per_sec, device):

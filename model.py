@@ -246,10 +246,10 @@ class GPT(Generation, nn.Module):  # generate() and generate_stream(): generate.
         gives (None, loss): training needs only the loss, and a (B, T, vocab) tensor held by the caller
         would stay alive through the next forward (1.6 GB for GPT-2 at batch 16 in bf16)."""
         B, T = idx.size()
-        pos = torch.arange(T, device=idx.device) if cache is None else cache.positions(T)
-        # without a cache T is a Python int: the check costs no device sync and no torch.compile graph
-        # break; with one, reading the cache's positions syncs, but generation is never compiled
-        end = T if cache is None else int(pos.max()) + 1
+        # end (the longest row's length after this forward) is a Python int either way: the check costs
+        # no device sync and no torch.compile graph break; the cache knows its lengths on the host, and
+        # builds the positions and the attention mask once here, for every layer
+        pos, end = (torch.arange(T, device=idx.device), T) if cache is None else cache.begin(T)
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} positions is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx)

@@ -61,6 +61,8 @@ def expand_inputs(patterns):
 
 def check_hub_reachable(name):
     """Fail in seconds, not after datasets' minute of retries, when the Hub cannot be reached."""
+    if os.path.isdir(name):
+        return  # a dataset folder on this machine (laid out as a Hub repository): datasets reads it offline
     if any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return  # the user asked for the local cache
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))

@@ -23,7 +23,6 @@ from typing import Optional
 if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning
     __import__("configurator").quiet_interrupts()
 import torch
-from tqdm import tqdm
 
 import checkpoint
 import distributed
@@ -33,7 +32,7 @@ import tokenizer
 from configurator import UserError, check_types, config_dict, parse_overrides, run
 from dataloader import DataLoader, dataset_dir
 from devices import autocast, resolve_device, resolve_dtype
-from metrics import Metrics, estimate_mfu, slow_run_warning
+from metrics import Metrics, Progress, estimate_mfu, slow_run_warning
 import model
 from model import GPT, GPTConfig
 from shards import check_tokens, read_meta, release_lock, shard_paths
@@ -216,22 +215,22 @@ def evaluate(model, loaders, eval_iters, ctx, rank=0, world=1, should_stop=None)
     for split, loader in loaders.items():
         totals = torch.zeros(len(loader.streams), device=loader.device)
         batches = [0] * len(loader.streams)
-        # a bar on a terminal (stderr) once an eval takes seconds: eval_iters batches can take minutes on a CPU
-        progress = tqdm(loader.spread_batches(eval_iters), desc=f"eval {split}", total=eval_iters, unit="batch",
-                        leave=False, delay=2, disable=True if rank else None)
+        # eval_iters batches can take minutes on a CPU: a bar on a terminal, else a line every 30 s or so
         k = -1
-        for k, (j, x, y) in enumerate(progress):
-            batches[j] += 1
-            if k % world == rank:
-                with ctx:
-                    totals[j] += model(x, y)[1].float()
-            if should_stop is not None and (k + 1) % world == 0 and should_stop():  # a preempted job cannot wait
-                model.train()
-                return None
+        with Progress(eval_iters, f"eval {split}", "batches", enabled=not rank) as progress:
+            for k, (j, x, y) in enumerate(loader.spread_batches(eval_iters)):
+                batches[j] += 1
+                if k % world == rank:
+                    with ctx:
+                        totals[j] += model(x, y, return_logits=False)[1].float()  # no (B, T, vocab) tensor kept
+                progress.update()
+                if should_stop is not None and (k + 1) % world == 0 and should_stop():  # a preempted job cannot wait
+                    model.train()
+                    return None
         if world > 1:
             if rank > k % world:  # the last round was short of this process's batch: a forward that is not counted
                 with ctx:
-                    model(x, y)
+                    model(x, y, return_logits=False)
             torch.distributed.all_reduce(totals)
         means = [t / n for t, n in zip(totals.tolist(), batches)]
         out[split] = float(sum(w * m for w, m in zip(loader.weights, means)))  # a mix: weighted like its training
@@ -493,7 +492,10 @@ class Trainer:
                 break
         if self.master and not stopped:
             total = time.time() - self.t0
-            print(f"done: {self.iter_num} steps in {fmt_time(total)} (evals and checkpoints {eval_seconds:.1f} s, "
+            # a resumed run says both: where the run stands, and what this process did of it
+            steps = (f"{self.iter_num} steps" if self.start_iter == 0 else
+                     f"step {self.iter_num}, this run {self.iter_num - self.start_iter} steps ({self.start_iter} -> {self.iter_num})")
+            print(f"done: {steps} in {fmt_time(total)} (evals and checkpoints {eval_seconds:.1f} s, "
                   f"{eval_seconds / max(total, 1e-9):.0%}), best val loss {self.best_val_loss:.4f}; "
                   f"checkpoints in {cfg.out_dir}")
         return {"iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "out_dir": cfg.out_dir,
@@ -635,9 +637,13 @@ class Trainer:
             return None
         # a generator of its own: sampling must not move the training's random state
         g = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        with self.ctx:
-            out = self.raw_model.generate([ids], cfg.sample_tokens, temperature=0.8, top_k=200, eot_id=t.eot_id,
-                                          generator=g)
+        try:
+            with self.ctx:
+                out = self.raw_model.generate([ids], cfg.sample_tokens, temperature=0.8, top_k=200, eot_id=t.eot_id,
+                                              generator=g)
+        except UserError as e:  # non-finite probabilities: a sample is not worth the run; the losses tell
+            print(f"warning: no sample at step {self.iter_num}: {e}")
+            return None
         return cfg.sample_prompt + t.decode(out[0])
 
     # -- faults: bad steps, rollbacks, stop requests (policies in faults.py) ---------------------

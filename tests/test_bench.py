@@ -14,6 +14,17 @@ def run_bench(argv, capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def test_help_lists_every_command_with_what_it_measures(capsys):
+    bench.main(["--help"])
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert set(lines) == set(bench.COMMANDS) and all(len(line.split()) > 4 for line in lines.values())
+    with pytest.raises(SystemExit):
+        bench.main(["gpu", "--help"])
+    budget = next(line for line in capsys.readouterr().out.splitlines() if "--budget" in line)
+    assert "time limit for the whole sweep" in budget and "lease" not in budget
+
+
 def test_train_bench_reports_speed_memory_and_compile_time(capsys):
     r = run_bench(["train", "--steps=3", "--warmup_steps=1", "--vocab_size=100", "--tokens=5000", "--device=cpu",
                    "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4",

@@ -67,3 +67,21 @@ def test_too_little_data_is_a_clear_error(tmp_path):
         DataLoader(str(tmp_path), "train", 4, 16)
     with pytest.raises(UserError, match="no val shards"):
         DataLoader(str(tmp_path), "val", 4, 4)
+
+
+def test_a_mistyped_dataset_name_gets_did_you_mean(tmp_path, data_root, capsys):
+    from conftest import assert_one_line_error, run_main
+    from dataloader import dataset_dir
+    from train import main
+    (tmp_path / "works_char").mkdir()
+    (tmp_path / "works_char" / "meta.json").write_text("{}")
+    (tmp_path / "half_done").mkdir()  # no meta.json: not a prepared dataset, never suggested
+    with pytest.raises(UserError, match=r"data.*works_chr not found \(did you mean 'works_char'\?\)"):
+        dataset_dir("works_chr", str(tmp_path))
+    assert dataset_dir("nothing_like_it", str(tmp_path)) == str(tmp_path / "nothing_like_it")  # read_meta says
+    assert dataset_dir("half_dne", str(tmp_path)) == str(tmp_path / "half_dne")
+    assert dataset_dir("works_char", str(tmp_path)) == str(tmp_path / "works_char")
+    code, _, err = run_main(main, ["--dataset=tiny_chr", f"--data_root={data_root}", f"--out_dir={tmp_path / 'o'}",
+                                   "--device=cpu", "--compile=False"], capsys)
+    assert_one_line_error(code, err, "did you mean 'tiny_char'?")
+    assert not (tmp_path / "o").exists()

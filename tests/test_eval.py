@@ -70,6 +70,53 @@ def test_whole_split_loss_bytes_and_bits_per_byte(data_root, tmp_path):
     assert sliding["tokens"] == count and sliding["stride"] == 8 and sliding["loss"] != result["loss"]
 
 
+def test_evals_ask_the_model_for_the_loss_only(data_root, tmp_path, monkeypatch):
+    """eval.py and train.py's evals use only the loss: a forward with targets that returned its logits
+    would build a (B, T, vocab) tensor per batch (about 1.2 GB for GPT-2 at batch 16 in bf16)."""
+    from conftest import tiny_train_config
+    from train import train
+    calls, forward = [], GPT.forward
+
+    def recorded(self, idx, targets=None, cache=None, return_logits=True):
+        if targets is not None and not self.training:
+            calls.append(return_logits)
+        return forward(self, idx, targets, cache, return_logits)
+    monkeypatch.setattr(GPT, "forward", recorded)
+    run_eval(out_dir=make_checkpoint(tmp_path / "best.pt", data_root, "tiny_char"))
+    assert calls and not any(calls)
+    calls.clear()
+    train(tiny_train_config(data_root, tmp_path / "run", max_iters=5))
+    assert calls and not any(calls)
+
+
+def test_progress_off_a_terminal_is_a_plain_line_at_most_every_interval(monkeypatch):
+    import io
+    import metrics
+    clock = iter([0.0, 10.0, 31.0, 45.0, 62.0])  # __init__, then one reading per update
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: next(clock))
+    log = io.StringIO()  # not a terminal
+    with metrics.Progress(4, "scoring val", "batches", file=log) as p:
+        for _ in range(4):
+            p.update()
+    lines = log.getvalue().splitlines()  # nothing at 10 s; at 31; 45 is too soon after it; at 62
+    assert lines == ["scoring val: 2 of 4 batches (50%), 31 s", "scoring val: 4 of 4 batches (100%), 62 s"]
+    assert "\r" not in log.getvalue()
+
+
+def test_evals_print_progress_lines_in_a_log(data_root, tmp_path, monkeypatch, capsys):
+    """eval.py, train.py's evals and HellaSwag, with stderr not a terminal (capsys): plain lines, no bar."""
+    import metrics
+    from conftest import tiny_train_config
+    from train import train
+    monkeypatch.setattr(metrics.Progress, "INTERVAL", 0.0)  # a line at every update
+    run_eval(out_dir=make_checkpoint(tmp_path / "best.pt", data_root, "tiny_char"))
+    err = capsys.readouterr().err
+    assert "scoring val: " in err and " tokens (" in err and "\r" not in err
+    train(tiny_train_config(data_root, tmp_path / "run", max_iters=2, eval_interval=2))
+    err = capsys.readouterr().err
+    assert "eval val: 2 of 2 batches (100%)" in err and "\r" not in err
+
+
 def test_bytes_of_gpt2_tokens(data_root, tmp_path):
     path = make_checkpoint(tmp_path / "best.pt", data_root, "tiny_gpt2")
     result = run_eval(out_dir=path, batch_size=3)

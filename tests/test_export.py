@@ -1,6 +1,7 @@
 """Hugging Face interop: export loads in transformers with our logits, imports round-trip exactly,
 GPT-2's tokenizer files encode as tiktoken does, and bad input is a one-line error."""
 
+import copy
 import json
 import os
 
@@ -40,6 +41,20 @@ def all_logits(model, x):
     return model(x, torch.zeros_like(x))[0]
 
 
+def assert_same_logits(ours, theirs, x):
+    """Our model's logits equal transformers' for the same weights, both computed in float64 (on
+    copies). In float32 the two differ by rounding alone, and by how much depends on the order of the
+    operations: GPT-2's tanh GELU is one fused kernel here and six tensor ops in transformers, and a
+    matmul's summation order can change with the thread count and the kernel BLAS picks, so a float32
+    tolerance is a guess that a loaded machine once broke (4e-5 against 1e-5). In float64 the unit
+    roundoff is 1.1e-16: a forward of these sizes (a few hundred terms per dot product, logits below 10)
+    rounds by less than about 1e-12 (measured: 1.3e-15), while a wrong mapping moves logits by far more
+    (the other GELU flavour: > 1e-5, test_the_float64_check_tells_the_two_gelus_apart). Hence 1e-10."""
+    a = all_logits(copy.deepcopy(ours).double(), x)
+    b = copy.deepcopy(theirs).double()(x).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 def random_hf_model(tmp_path, activation, vocab_size=66, tokenizer=None):
     """A GPT2LMHeadModel made here, every tensor random (biases too), saved with save_pretrained."""
     config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=24, n_embd=32, n_layer=2, n_head=4,
@@ -60,7 +75,7 @@ def test_export_loads_in_transformers_with_our_logits(runs, exported, name):
     ours = load_model(str(runs / name), "cpu")[0]
     theirs = transformers.GPT2LMHeadModel.from_pretrained(exported / name).eval()
     x = torch.randint(ours.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(theirs(x).logits, all_logits(ours, x), rtol=1e-5, atol=1e-5)
+    assert_same_logits(ours, theirs, x)
     config = json.loads((exported / name / "config.json").read_text())
     assert config["activation_function"] == "gelu"  # our exact GELU
 
@@ -108,13 +123,27 @@ def test_import_a_transformers_model(tmp_path, activation, approx):
     ours = GPT(GPTConfig(**model_args)).eval()
     ours.load_state_dict(state)
     x = torch.randint(66, (2, 24), generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(all_logits(ours, x), theirs(x).logits, rtol=1e-5, atol=1e-5)
+    assert_same_logits(ours, theirs, x)
     # and back out: a tanh model exports as gelu_new, with the same logits
     hf.export_hf(ours, {"kind": "char", "vocab_size": 66, "eot_id": 65, "chars": "".join(map(chr, range(65, 130)))},
                  str(tmp_path / "again"))
     again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "again").eval()
     assert again.config.activation_function == activation
-    torch.testing.assert_close(again(x).logits, theirs(x).logits, rtol=1e-5, atol=1e-5)
+    assert_same_logits(ours, again, x)
+
+
+def test_the_float64_check_tells_the_two_gelus_apart(tmp_path):
+    """assert_same_logits' tolerance is far below what a wrong GELU flavour does to the logits."""
+    from model import GPT, GPTConfig
+    theirs = random_hf_model(tmp_path, "gelu_new")
+    model_args, state, _ = hf.load_hf_gpt2(str(tmp_path))
+    wrong = GPT(GPTConfig(**{**model_args, "gelu_approx": "none"})).eval()
+    wrong.load_state_dict(state)
+    x = torch.randint(66, (2, 24), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(AssertionError):
+        assert_same_logits(wrong, theirs, x)
+    gap = (all_logits(wrong.double(), x) - theirs.double()(x).logits).abs().max()
+    assert gap > 1e-5
 
 
 def test_original_gpt2_file_layout_imports(tmp_path):
@@ -246,7 +275,7 @@ def test_a_trained_bpe_model_exports_with_its_tokenizer(tmp_path, shakespeare_te
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
     model = load_model(str(tmp_path / "run"), "cpu")[0]
     ids = torch.tensor([ours.encode(text)[:32]])
-    torch.testing.assert_close(hf_model(ids).logits, model(ids, torch.zeros_like(ids))[0], rtol=1e-4, atol=1e-4)
+    assert_same_logits(model, hf_model, ids)
     assert "trained on this model's data" in (tmp_path / "hf" / "README.md").read_text()
     model2, tok2 = load_model(str(tmp_path / "hf"), "cpu")[:2]  # and back
     assert tok2.encode(text) == ours.encode(text)
@@ -265,7 +294,7 @@ def test_switches_gpt2_can_express_export_with_equal_logits(switches, tmp_path):
     hf.export_hf(model, {"kind": "char", "vocab_size": 66, "eot_id": 65, "chars": chars}, str(tmp_path / "hf"))
     theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
     ids = torch.randint(66, (2, 16))
-    torch.testing.assert_close(theirs(ids).logits, model(ids, torch.zeros_like(ids))[0], rtol=1e-4, atol=1e-5)
+    assert_same_logits(model, theirs, ids)
     args, state, _ = hf.load_hf_gpt2(str(tmp_path / "hf"))  # and back, exactly
     back = GPT(GPTConfig(**args))
     back.load_state_dict(state)

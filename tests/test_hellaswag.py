@@ -152,7 +152,9 @@ def test_a_character_model_skips_examples_with_characters_it_never_saw(tmp_path)
         hellaswag.encode(docs(), CharTokenizer.from_texts(["abc"]))
 
 
-def test_command_line_prints_one_json_line(tmp_path, capsys):
+def test_command_line_prints_one_json_line(tmp_path, capsys, monkeypatch):
+    import metrics
+    monkeypatch.setattr(metrics.Progress, "INTERVAL", 0.0)  # stderr is no terminal: a progress line per batch
     tok = GPT2Tokenizer()
     model = tiny_gpt(tok.vocab_size)
     checkpoint.save({"model": model.state_dict(), "model_args": {**vars(model.config)}, "tokenizer": tok.meta(),
@@ -163,6 +165,7 @@ def test_command_line_prints_one_json_line(tmp_path, capsys):
     result = json.loads(out)  # stdout is the JSON line alone
     assert result["task"] == "hellaswag" and result["examples"] == 4 and result["skipped"] == 0
     assert 0 <= result["acc_norm"] <= 1 and "hellaswag: acc_norm" in err
+    assert "hellaswag: 4 of 4 examples (100%)" in err and "\r" not in err
 
 
 def test_mistakes_and_offline_are_one_line_errors(tmp_path, capsys, monkeypatch):

@@ -106,6 +106,35 @@ def test_mfu_uses_the_device_peak(monkeypatch):
         [989e12, 756e12, 835e12, 989e12]
 
 
+# names as torch.cuda.get_device_name reports them -> the PEAK_FLOPS entry they must take
+DEVICE_NAMES = [
+    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"),
+    ("NVIDIA H200", "H200"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA GH200 480GB", "GH200"),
+    ("NVIDIA H800", "H800"), ("NVIDIA H20", "H20"), ("NVIDIA B200", "B200"), ("NVIDIA GB200", "GB200"),
+    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A100 80GB PCIe", "A100"), ("NVIDIA A10", "A10"),
+    ("NVIDIA A30", "A30"), ("NVIDIA A40", "A40"), ("NVIDIA L4", "L4"), ("NVIDIA L40", "L40"),
+    ("NVIDIA L40S", "L40S"), ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA GeForce RTX 3090", "RTX 3090"),
+    ("Tesla V100-SXM2-32GB", "V100"), ("Tesla V100-PCIE-16GB", "V100 PCIE"), ("Tesla V100S-PCIE-32GB", "V100S"),
+    ("Tesla T4", "T4"), ("AMD Instinct MI300X", "MI300X"), ("AMD Instinct MI325X", "MI325X"),
+    ("AMD Instinct MI250X/MI250", "MI250X"),
+    # no entry: a part of a word is not the word (A10G is not an A10, H10 nothing), unknown cards
+    ("NVIDIA A10G", None), ("NVIDIA H10", None), ("NVIDIA GeForce RTX 4080", None), ("NVIDIA L20", None),
+]
+
+
+@pytest.mark.parametrize("name, key", DEVICE_NAMES)
+def test_peak_flops_match_whole_model_names(name, key):
+    from metrics import PEAK_FLOPS, peak_key
+    assert peak_key(name) == key
+    assert peak_flops("cuda", name=name) == (None if key is None else PEAK_FLOPS[key])
+
+
+def test_peak_flops_figures():
+    # L40 is half an L40S, 1.5x an L4: taking one for another moves MFU by that much
+    assert [peak_flops("cuda", name=f"NVIDIA {n}") for n in ("L4", "L40", "L40S", "B200", "GB200")] == \
+        [121e12, 181e12, 362e12, 2250e12, 2500e12]
+
+
 def test_vocab_padding_changes_shapes_not_results():
     """pad_vocab_to gives the table and head more rows, zero and unused: the same weights give the same
     logits and loss, the logits cover the real ids only, and training leaves the padding at zero."""

@@ -58,6 +58,15 @@ def test_resumed_training_equals_uninterrupted_training(data_root, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_done_line_of_a_resumed_run_says_both_counts(data_root, tmp_path, capsys):
+    train(tiny_train_config(data_root, tmp_path, max_iters=4, lr_decay_iters=6, eval_interval=2))
+    assert "done: 4 steps in " in capsys.readouterr().out
+    overrides = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 6}
+    train(TrainConfig(**overrides), overrides)
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")]
+    assert len(done) == 1 and done[0].startswith("done: step 6, this run 2 steps (4 -> 6) in "), done
+
+
 def test_resume_errors(data_root, tmp_path):
     with pytest.raises(UserError, match="has no ckpt.pt"):
         train(tiny_train_config(data_root, tmp_path / "empty", init_from="resume"))
