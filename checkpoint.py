@@ -23,6 +23,7 @@ import zlib
 
 import torch
 
+import validate
 from configurator import UserError, os_error
 from shards import hold_lock
 
@@ -100,10 +101,11 @@ def load(path):
         raise UserError(f"cannot read checkpoint {path} (damaged, cut short, or not a checkpoint: {why})") from None
     if not isinstance(obj, dict) or "model" not in obj:
         raise UserError(f"{path} is not a checkpoint of this program (no model weights in it)")
+    validate.storage_bytes(obj, path)  # before the checksum, which would materialize what the tensors claim
     if "crc32" in obj and checksum(obj) != obj["crc32"]:  # checkpoints from before the checksum have none
         raise UserError(f"{path} is damaged: its contents do not match the checksum written with it; use an older "
                         f"checkpoint (best.pt, or ckpt_NNNNNNN.pt with --keep_last_n)")
-    return obj
+    return validate.checkpoint_dict(obj, path)
 
 
 def state_dict_mismatch(expected, state):

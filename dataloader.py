@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from configurator import UserError
-from shards import open_shard, shard_paths
+from shards import check_window, open_shard, read_header, shard_paths
 
 
 class WindowStream:
@@ -30,7 +30,8 @@ class WindowStream:
         if not paths:
             raise UserError(f"no {split} shards in {data_dir}: re-run prepare.py (with --val_fraction > 0 "
                             f"if the source has no validation split)")
-        self.shards = [open_shard(p) for p in paths]
+        self.paths, self.shards = paths, [open_shard(p) for p in paths]
+        self.tops = [read_header(p)[2] for p in paths]  # each shard's largest id, checked against the vocabulary
         self.n_tokens = sum(len(s) for s in self.shards)
         if all(len(s) < block_size + 1 for s in self.shards):
             raise UserError(f"the {split} split of {data_dir} has {self.n_tokens} tokens, too few for one "
@@ -68,7 +69,9 @@ class WindowStream:
 
     def tokens(self, window):
         s, start = window
-        return self.shards[s][start:start + self.T + 1]
+        w = self.shards[s][start:start + self.T + 1]
+        check_window(w, self.tops[s], self.paths[s], start)  # no id past the header's can reach the model
+        return w
 
     def spread(self, n):
         """n windows spread evenly over the whole split, from its first token."""
