@@ -17,7 +17,7 @@ from collections import deque
 
 import torch
 
-from configurator import UserError
+from configurator import Interrupted, UserError
 
 MAX_ROLLBACKS = 5  # a run still failing after this many rollbacks stops, its last good checkpoint intact
 
@@ -70,8 +70,8 @@ class StopRequest:
             signal.signal(s, handler)
 
     def on_signal(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self.signum is not None:  # a second signal: stop now, with that signal's exit code
+            raise Interrupted(signum)
         self.signum = signum
         if self.announce:
             print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop at once)",

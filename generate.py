@@ -80,6 +80,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         probs = F.softmax(sorted_logits, dim=-1)
         # drop a token when the ones before it already reach top_p (so the first token always stays)
         drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[:, 0] = False  # even when top_p rounds to 0 in float32 (a tiny --top_p)
         logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)

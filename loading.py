@@ -24,7 +24,8 @@ def load_model(out_dir, device, rows=1, positions=1, kv_cache=False, what="the m
     """(model, tokenizer, source path, info) from the checkpoint out_dir points to, or from a Hugging
     Face GPT-2 directory. info: iter_num, best_val_loss, the training config (None for an HF
     directory) and the tokenizer's meta. rows, positions, kv_cache: the batch the caller will run, for
-    the memory check (rows x positions tokens per forward; a KV cache of rows full contexts)."""
+    the memory check (rows x positions tokens per forward, positions None: the whole context; a KV
+    cache of rows full contexts)."""
     if hf.is_hf_dir(out_dir):
         model_args, state, tokenizer_meta = hf.load_hf_gpt2(out_dir)
         if tokenizer_meta is None:
@@ -43,7 +44,7 @@ def load_model(out_dir, device, rows=1, positions=1, kv_cache=False, what="the m
     if vocab != config.vocab_size:  # ids the tokenizer cannot decode, or ids the model never predicts
         raise UserError(f"{path}: its tokenizer has {vocab} ids but the model {config.vocab_size}: {FIX}")
     validate.tensors(ckpt["model"], shapes.state_dict(), path, FIX)
-    faults.check_inference_memory(shapes, rows, positions, kv_cache, str(device), what)
+    faults.check_inference_memory(shapes, rows, positions or config.block_size, kv_cache, str(device), what)
     tokenizer = from_meta(ckpt["tokenizer"])
     try:
         model = GPT(config)

@@ -156,6 +156,9 @@ _worker_tokenizer = None
 
 def _init_worker(meta):
     global _worker_tokenizer
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # and ends the pool with SIGTERM, which must just end a worker
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
     _worker_tokenizer = tok.from_meta(meta)
 
