@@ -23,9 +23,11 @@ from dataclasses import asdict, replace
 
 import torch
 
+import safeio
 import validate
 from checkpoint import state_dict_mismatch
-from configurator import UserError
+from configurator import UserError, os_error
+from shards import hold_lock, release_lock
 from model import GPT, GPTConfig, padded_vocab_size
 from tokenizer import EOT_TEXT, GPT2Tokenizer, bytes_to_unicode, same_tokenizer
 
@@ -297,10 +299,53 @@ def unexportable(model_args):
                                    (a.get("logit_softcap", 0) > 0, "logit_softcap")) if bad]
 
 
-def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
+def export_marker(hf_dir):
+    """The nanogpt.json of an earlier export in hf_dir (a dict), or None when hf_dir holds none: the
+    marker that says the folder is this program's export, which only then --overwrite may replace."""
+    path = os.path.join(hf_dir, SIDECAR)
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            marker = json.loads(f.read(1 << 24).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("tokenizer"), dict) else None
+
+
+def check_export_target(hf_dir, overwrite, source_path=None):
+    """Refuse an hf_dir the export must not write into: a file, a non-empty folder without --overwrite,
+    a folder that is not an earlier export (--overwrite replaces only this program's own export), a run
+    folder or one that holds the checkpoint being exported (sample.py would read the export instead).
+    Returns the earlier export's marker, or None."""
+    if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
+        raise UserError(f"hf_dir {hf_dir} is a file: choose a directory")
+    from checkpoint import run_files
+    if run_files(hf_dir):
+        raise UserError(f"hf_dir {hf_dir} holds a training run ({', '.join(run_files(hf_dir))}): an export there would "
+                        f"shadow its checkpoints for sample.py and eval.py; choose another --hf_dir (nothing was written)")
+    if source_path is not None:
+        src, target = os.path.realpath(source_path), os.path.realpath(hf_dir)
+        if src == target or src.startswith(target.rstrip(os.sep) + os.sep):
+            raise UserError(f"hf_dir {hf_dir} holds the checkpoint being exported ({source_path}): choose a folder "
+                            f"outside the run (nothing was written)")
+    if not (os.path.isdir(hf_dir) and os.listdir(hf_dir)):
+        return None
+    if not overwrite:
+        raise UserError(f"{hf_dir} already exists and is not empty: pass --overwrite to replace an export there, "
+                        f"or choose another --hf_dir (nothing was written)")
+    marker = export_marker(hf_dir)
+    if marker is None:
+        raise UserError(f"{hf_dir} is not an export of this program (it has no {SIDECAR} written by export.py): "
+                        f"--overwrite replaces only an earlier export; choose an empty or new --hf_dir "
+                        f"(nothing was written)")
+    return marker
+
+
+def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source="", source_path=None):
     """Write `model` and its tokenizer as a Hugging Face GPT-2 directory; returns the files written.
-    Other files in hf_dir are left alone; with overwrite, a previous export's files are replaced."""
-    from safetensors.torch import save_file
+    Other files in hf_dir are left alone; with overwrite (only over an earlier export: its nanogpt.json
+    says so), that export's files are replaced. One export per folder at a time (a lock beside it)."""
     kind = tokenizer_meta.get("kind")
     if kind not in ("gpt2", "char", "bpe"):
         raise UserError(f"cannot export tokenizer kind {kind!r}: export writes the gpt2, char and bpe tokenizers")
@@ -309,11 +354,7 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
     if missing:
         raise UserError(f"cannot export: Hugging Face's GPT-2 has no {', '.join(missing)}; this model needs "
                         f"this code (sample.py, eval.py) or a converter of your own")
-    if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
-        raise UserError(f"hf_dir {hf_dir} is a file: choose a directory")
-    if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not overwrite:
-        raise UserError(f"{hf_dir} already exists and is not empty: pass --overwrite to replace an export there, "
-                        f"or choose another --hf_dir (nothing was written)")
+    check_export_target(hf_dir, overwrite, source_path)
     eot = tokenizer_meta["eot_id"]
     special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
     files = {"config.json": hf_config(model_args, eot),
@@ -334,27 +375,59 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
                       "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
                                                 "model_max_length": model_args["block_size"], **special}})
     parent, name = os.path.split(os.path.abspath(hf_dir))
-    work = os.path.join(parent, f".{name}.partial")  # a crash leaves only this behind, never half an export
+    try:
+        lock = hold_lock(os.path.join(parent, f".{name}.export.lock"), lambda holder: (
+            f"another export.py (process {holder}) is writing {hf_dir}: wait for it to finish, or choose another "
+            f"--hf_dir (nothing was written)"))
+    except OSError as e:
+        raise UserError(f"cannot write the export to {hf_dir} (nothing was written): {os_error(e)}") from None
+    try:
+        previous = check_export_target(hf_dir, overwrite, source_path)  # again, now that we hold the folder
+        written = sorted(set(files) | {"model.safetensors"})
+        files[SIDECAR] = {**files[SIDECAR], "exported_by": "export.py", "files": written}
+        _write_export(model, model_args, files, hf_dir, parent, name, previous)
+    except OSError as e:
+        raise UserError(f"cannot write the export to {hf_dir} ({hf_dir} is as it was): {os_error(e)}") from None
+    finally:
+        release_lock(lock)
+    return written
+
+
+def _write_export(model, model_args, files, hf_dir, parent, name, previous):
+    """Build the export in a hidden sibling (.NAME.partial), then move its files in: a crash, a full disk
+    or a signal leaves hf_dir as it was and no partial copy behind (the next export clears one)."""
+    from safetensors.torch import save_file
+    work = os.path.join(parent, f".{name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     try:
         os.makedirs(work)
         for fname, content in files.items():
-            with open(os.path.join(work, fname), "w", encoding="utf-8") as f:
-                f.write(content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False))
+            safeio.write_text(os.path.join(work, fname),
+                              content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False))
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_file(to_hf(state, model_args), os.path.join(work, "model.safetensors"), metadata={"format": "pt"})
-        os.chmod(os.path.join(work, "model.safetensors"), os.stat(os.path.join(work, "config.json")).st_mode)
+        tensors = to_hf(state, model_args)
+        target = os.path.join(work, "model.safetensors")
+        try:
+            save_file(tensors, target, metadata={"format": "pt"})
+        except Exception as e:  # safetensors reports a full disk as its own SafetensorError
+            raise safeio.library_write_error(e, target, sum(t.numel() * t.element_size() for t in tensors.values())) \
+                from None
+        with open(target, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(target, os.stat(os.path.join(work, "config.json")).st_mode)
         os.makedirs(hf_dir, exist_ok=True)
     except BaseException:  # a full disk, a Ctrl-C: hf_dir keeps what it had, and no partial copy stays behind
         shutil.rmtree(work, ignore_errors=True)
         raise
+    # only names an export writes, and of those only what the earlier export says it wrote, are removed
+    earlier = (previous or {}).get("files") if isinstance((previous or {}).get("files"), list) else EXPORT_FILES
     for fname in EXPORT_FILES:
         if os.path.exists(os.path.join(work, fname)):
             os.replace(os.path.join(work, fname), os.path.join(hf_dir, fname))
-        elif os.path.exists(os.path.join(hf_dir, fname)):
+        elif previous is not None and fname in earlier and os.path.lexists(os.path.join(hf_dir, fname)):
             os.remove(os.path.join(hf_dir, fname))  # a previous export's file that this one does not have
     os.rmdir(work)
-    return sorted(set(files) | {"model.safetensors"})
+    safeio.fsync_dir(hf_dir)
 
 
 def export_readme(model_args, tokenizer_meta, source, n_params):

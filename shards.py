@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+import safeio
 import validate
 from configurator import UserError
 
@@ -31,13 +32,9 @@ def token_dtype(vocab_size):
 
 
 def atomic_write(path, write):
-    """Call write(f) on path.tmp, flush and fsync it, then rename over path: never a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Call write(f) on path.tmp, flush and fsync it, then rename over path: never a half-written file
+    (safeio.atomic_write, the one writer)."""
+    safeio.atomic_write(path, write)
 
 
 class ShardWriter:
@@ -66,7 +63,7 @@ class ShardWriter:
 
     def _open(self):
         self.path = os.path.join(self.out_dir, f"{self.split}_{self.shards:06d}.bin")
-        self.f = open(self.path + ".tmp", "wb")
+        self.f = safeio.create_new(self.path + ".tmp")
         self.f.write(bytes(HEADER_BYTES))  # the header comes last, when the count is known
         self.count, self.top = 0, -1
 
@@ -77,6 +74,7 @@ class ShardWriter:
         os.fsync(self.f.fileno())
         self.f.close()
         os.replace(self.path + ".tmp", self.path)
+        safeio.fsync_dir(self.out_dir)
         self.f, self.shards, self.tokens = None, self.shards + 1, self.tokens + self.count
 
     def close(self):
@@ -254,7 +252,7 @@ def hold_lock(path, busy):
         return None
     import socket
     while True:
-        f = open(path, "a+")
+        f = safeio.open_lock(path)  # never through a symlink: a planted one would have us truncate its target
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -269,6 +267,7 @@ def hold_lock(path, busy):
             pass
         f.close()
     f.truncate(0)
+    f.seek(0)
     f.write(f"{os.getpid()} on {socket.gethostname()}")
     f.flush()
     return f

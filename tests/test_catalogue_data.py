@@ -13,6 +13,7 @@ import pytest
 
 import plan
 import prepare as prep
+import safeio
 import shards
 import train
 from conftest import assert_one_line_error, run_main, snapshot
@@ -102,7 +103,7 @@ def disk_full(module, suffix, room=0):
 
         def fake_open(path, mode="r", *a, **k):
             f = real(path, mode, *a, **k)
-            return FullDisk(f, room) if str(path).endswith(suffix) and "w" in mode else f
+            return FullDisk(f, room) if str(path).endswith(suffix) and ("w" in mode or "x" in mode) else f
         mp.setattr(module, "open", fake_open, raising=False)
     return setup
 
@@ -191,9 +192,9 @@ PREPARE = [
     ("jsonl-not-objects", ["--input", "{tmp}/d.jsonl"] + OVER, write("d.jsonl", '[1, 2]\n'), ["d.jsonl:1"]),
     # the disk fills up: at each stage of the writing, the old dataset stays whole
     ("disk-full-tokenizing", A + OVER, disk_full(prep, ".flat"), ["no space left", "data/old is as it was"]),
-    ("disk-full-shards", A + OVER, disk_full(shards, ".bin.tmp", room=2000), ["no space left", "data/old is as it was"]),
-    ("disk-full-meta", A + OVER, disk_full(shards, "meta.json.tmp"), ["no space left", "data/old is as it was"]),
-    ("disk-full-new-name", A + ["--name", "new"], disk_full(shards, ".bin.tmp"), ["no space left", "nothing was written"]),
+    ("disk-full-shards", A + OVER, disk_full(safeio, ".bin.tmp", room=2000), ["no space left", "data/old is as it was"]),
+    ("disk-full-meta", A + OVER, disk_full(safeio, "meta.json.tmp"), ["no space left", "data/old is as it was"]),
+    ("disk-full-new-name", A + ["--name", "new"], disk_full(safeio, ".bin.tmp"), ["no space left", "nothing was written"]),
 ]
 
 PLAN = [
