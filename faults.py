@@ -45,6 +45,18 @@ class BadSteps:
         return None
 
 
+class Diverged(UserError):
+    """The model's outputs (or weights) are not finite: in training, a reason to roll back like a bad
+    eval; anywhere else, one line."""
+
+
+def check_finite_model(model):
+    """Diverged when a weight is NaN or infinite (one pass over the weights, far cheaper than an eval)."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise Diverged(f"the model's weights are not finite ({name})")
+
+
 def healthy(val_loss, recover_to):
     """Whether a checkpoint with this val loss may be saved: a finite loss, and after a rollback, back to
     (within 1% of) recover_to, the val loss of the checkpoint rolled back to."""

@@ -15,6 +15,7 @@ Per example and ending, ll = the summed log-probability of " " + ending given th
 """
 
 import json
+import math
 import os
 import re
 import sys
@@ -169,6 +170,9 @@ def score(model, examples, batch_size, ctx, device, progress=False):
             lls += loglikelihoods(model, rows[i:i + batch_size], ctx, device)
             bar.update(len(lls) // 4 - bar.n)
     model.train(was_training)
+    if any(math.isnan(v) for v in lls):
+        from faults import Diverged
+        raise Diverged("the model's log-likelihoods of the task's endings are NaN: its outputs are not finite")
     hits = {"acc": 0, "acc_norm": 0, "acc_norm_tokens": 0}
     for k, ex in enumerate(examples):
         ll = lls[4 * k:4 * k + 4]
