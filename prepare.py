@@ -226,6 +226,10 @@ def tokenize(items, path, meta, num_proc, stats, progress, limit=0):
             progress.update(len(arr))
             if limit and out.n >= limit:
                 break
+        if limit and out.n > limit:  # the last batch overshot (one long document is one batch): cut it exactly
+            f.truncate(limit * np.dtype(out.dtype).itemsize)
+            out.n = limit
+            out.ends = array("q", (e for e in out.ends if e <= limit))
     return out
 
 

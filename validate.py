@@ -136,11 +136,11 @@ def parse_json(raw, where, fix):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{where} is not valid JSON ({e.msg}, column {e.colno}): {fix}") from None
+        raise UserError(f"{where} is not JSON ({e.msg}, column {e.colno}): {fix}") from None
     except RecursionError:
         raise UserError(f"{where} is nested too deeply to be a JSON record of this kind: {fix}") from None
     except ValueError as e:  # e.g. an integer with more digits than Python parses
-        raise UserError(f"{where} is not valid JSON ({str(e)[:80]}): {fix}") from None
+        raise UserError(f"{where} is not JSON ({str(e)[:80]}): {fix}") from None
 
 
 def read_json(path, fix, limit=1 << 30):
