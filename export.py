@@ -16,7 +16,8 @@ from dataclasses import dataclass
 if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning
     __import__("configurator").quiet_interrupts()
 from configurator import parse_args, run
-from hf import check_export_target, export_hf
+from checkpoint import find
+from hf import check_export_target, export_hf, is_hf_dir
 from loading import describe, load_model
 
 
@@ -31,7 +32,8 @@ class ExportConfig:
 def export(cfg, info=None):
     """Export the model cfg.out_dir points to into cfg.hf_dir; returns the files written."""
     info = info or (lambda msg: print(msg, file=sys.stderr))
-    check_export_target(cfg.hf_dir, cfg.overwrite)  # before the model is read: a wrong folder fails at once
+    source = cfg.out_dir if is_hf_dir(cfg.out_dir) else find(cfg.out_dir)
+    check_export_target(cfg.hf_dir, cfg.overwrite, source)  # before the model is read: a wrong folder fails at once
     model, _, path, meta = load_model(cfg.out_dir, "cpu")
     files = export_hf(model, meta["tokenizer"], cfg.hf_dir, cfg.overwrite, source=describe(path, meta), source_path=path)
     info(f"exported {describe(path, meta)} to {cfg.hf_dir}: {', '.join(files)}")

@@ -249,14 +249,14 @@ def tensors(state, expected, where, fix, finite=True):
 
 
 def storage_bytes(obj, path):
-    """Refuse tensors that claim more elements than their storage holds (a crafted stride trick), and
+    """Refuse tensors that claim more values than their storage holds (a crafted stride-0 trick), and
     storages adding up to more bytes than the file at `path`: the values a checkpoint claims must be
     in it, before its checksum is computed (which would materialize them)."""
     import os
     seen, total = set(), 0
     for name, t in _walk_tensors(obj):
         storage = t.untyped_storage()
-        if t.numel() and _extent(t) * t.element_size() > storage.nbytes() - t.storage_offset() * t.element_size():
+        if t.numel() * t.element_size() > storage.nbytes():  # overlapping (stride 0): values it does not have
             raise UserError(f"{path}: tensor {name} claims {t.numel():,} values in a storage of {storage.nbytes():,} "
                             f"bytes: the file is crafted or damaged, refusing it")
         key = (storage.data_ptr(), storage.nbytes())
@@ -267,11 +267,6 @@ def storage_bytes(obj, path):
     if size is not None and total > size:
         raise UserError(f"{path}: its tensors claim {total:,} bytes but the file has {size:,}: crafted or damaged, "
                         f"refusing it")
-
-
-def _extent(t):
-    """Elements spanned by a tensor in its storage (1 + the largest offset it reaches)."""
-    return 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()))
 
 
 def _walk_tensors(obj, prefix=""):
