@@ -451,3 +451,72 @@ def test_catalogue(case, data_root, run_dir, tmp_path, monkeypatch, capsys):
 
 def test_the_catalogue_is_large_enough():
     assert len(CASES) >= 100
+
+
+# ---------------------------------------------------------------------------------------------
+# signals: every command, SIGTERM or SIGINT at work, once or twice: one line, exit 128 + signal, no partial work
+
+def kill_self(signum, times=1):
+    """A function that sends this process `signum` (times times), then does what `real` does."""
+    import signal as _  # noqa: F401
+    def wrap(real):
+        def fn(*a, **k):
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+            return real(*a, **k)
+        return fn
+    return wrap
+
+
+def signal_cases():
+    import signal
+    import hf
+    import plan as plan_script
+    import prepare as prepare_script
+    import shards
+    T, I = signal.SIGTERM, signal.SIGINT
+    return {
+        "prepare": (prepare_script.main, lambda c: ["--input", str(c.tmp / "in.txt"), "--tokenizer", "char",
+                                                     "--data_root", str(c.tmp / "data"), "--name", "x", "--num_proc", "1"],
+                    lambda c, s: c.monkeypatch.setattr(shards.ShardWriter, "write", kill_self(s)(shards.ShardWriter.write))),
+        "export": (export_script.main, lambda c: [f"--out_dir={c.run}", f"--hf_dir={c.tmp / 'hf'}"],
+                   lambda c, s: c.monkeypatch.setattr(hf, "to_hf", kill_self(s)(hf.to_hf))),
+        "eval": (eval_script.main, lambda c: [f"--out_dir={c.run}"],
+                 lambda c, s: c.monkeypatch.setattr(eval_script, "score", kill_self(s)(eval_script.score))),
+        "sample": (sample_script.main, lambda c: [f"--out_dir={c.run}", "--max_new_tokens=3"],
+                   lambda c, s: c.monkeypatch.setattr(sample_script, "generate", kill_self(s)(sample_script.generate))),
+        "plan": (plan_script.main, lambda c: ["--flops", "1e18"],
+                 lambda c, s: c.monkeypatch.setattr(plan_script, "optimal_for_flops",
+                                                    kill_self(s)(plan_script.optimal_for_flops))),
+        "train, twice": (train_script.main, lambda c: train_args(c.data, c.tmp / "o"),
+                         lambda c, s: (c.monkeypatch.setattr(train_script, "get_lr", kill_self(s)(train_script.get_lr)),
+                                       c.monkeypatch.setattr(checkpoint, "save", kill_self(s)(checkpoint.save)))),
+    }, (T, I)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("name", ["prepare", "export", "eval", "sample", "plan", "train, twice"])
+def test_signals(name, signame, data_root, run_dir, tmp_path, monkeypatch, capsys, shakespeare_text):
+    import signal
+    signum = getattr(signal, signame)
+    cases, _ = signal_cases()
+    main, argv, patch = cases[name]
+    (tmp_path / "in.txt").write_text(shakespeare_text[:5000])
+    c = Context(data_root, run_dir, tmp_path, monkeypatch)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = snapshot(data_root, run_dir, tmp_path)
+    try:
+        patch(c, signum)
+        code, out, err = run_main(main, argv(c), capsys)
+    finally:
+        monkeypatch.undo()
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert code == 128 + signum, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("interrupted" if signum == signal.SIGINT else f"stopped by {signame}"), err
+    after = snapshot(data_root, run_dir, tmp_path)
+    assert {p: after.get(p) for p in before} == before
+    hidden = [p for p in after if any(part.endswith((".partial", ".old", ".tmp")) for part in p.split(os.sep))]
+    assert not hidden, hidden  # partial work removed
+    assert not os.path.exists(tmp_path / "hf") and not os.path.exists(tmp_path / "data" / "x")
