@@ -458,7 +458,6 @@ def test_the_catalogue_is_large_enough():
 
 def kill_self(signum, times=1):
     """A function that sends this process `signum` (times times), then does what `real` does."""
-    import signal as _  # noqa: F401
     def wrap(real):
         def fn(*a, **k):
             for _ in range(times):
@@ -469,12 +468,10 @@ def kill_self(signum, times=1):
 
 
 def signal_cases():
-    import signal
     import hf
     import plan as plan_script
     import prepare as prepare_script
     import shards
-    T, I = signal.SIGTERM, signal.SIGINT
     return {
         "prepare": (prepare_script.main, lambda c: ["--input", str(c.tmp / "in.txt"), "--tokenizer", "char",
                                                      "--data_root", str(c.tmp / "data"), "--name", "x", "--num_proc", "1"],
@@ -491,7 +488,7 @@ def signal_cases():
         "train, twice": (train_script.main, lambda c: train_args(c.data, c.tmp / "o"),
                          lambda c, s: (c.monkeypatch.setattr(train_script, "get_lr", kill_self(s)(train_script.get_lr)),
                                        c.monkeypatch.setattr(checkpoint, "save", kill_self(s)(checkpoint.save)))),
-    }, (T, I)
+    }
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
@@ -499,7 +496,7 @@ def signal_cases():
 def test_signals(name, signame, data_root, run_dir, tmp_path, monkeypatch, capsys, shakespeare_text):
     import signal
     signum = getattr(signal, signame)
-    cases, _ = signal_cases()
+    cases = signal_cases()
     main, argv, patch = cases[name]
     (tmp_path / "in.txt").write_text(shakespeare_text[:5000])
     c = Context(data_root, run_dir, tmp_path, monkeypatch)
