@@ -99,7 +99,7 @@ def model_args_from_hf(config, path):
         raise UserError(f"{where} describes a {config.get('model_type')!r} model: only GPT-2 (model_type "
                         f"'gpt2') can be imported")
     d = HF_DEFAULTS
-    n_layer, n_head = c.int("n_layer", 1, validate.MAX_DIM, d["n_layer"]), c.int("n_head", 1, validate.MAX_DIM, d["n_head"])
+    n_layer, n_head = c.int("n_layer", 1, validate.MAX_LAYERS, d["n_layer"]), c.int("n_head", 1, validate.MAX_DIM, d["n_head"])
     n_embd = c.int("n_embd", 1, validate.MAX_DIM, d["n_embd"])
     positions = c.int("n_positions", 1, validate.MAX_CONTEXT, d["n_positions"])
     vocab = c.int("vocab_size", 1, validate.MAX_VOCAB, d["vocab_size"])
@@ -187,6 +187,7 @@ def load_hf_gpt2(path):
     model_args = model_args_from_hf(validate.read_json(os.path.join(path, "config.json"), "export the model again"),
                                     path)
     hf_state = read_hf_weights(path)
+    validate.claimed_layers(model_args, hf_state, f"{path}/config.json", "export the model again")
     head = hf_state.pop("lm_head.weight", None) if model_args["tie_embeddings"] else None
     problem = state_dict_mismatch(to_hf(_shapes(model_args), model_args), hf_state)
     if problem is None and head is not None and not torch.equal(head, hf_state["transformer.wte.weight"]):

@@ -38,6 +38,7 @@ def load_model(out_dir, device, rows=1, positions=1, kv_cache=False, what="the m
     args = validate.model_args(ckpt["model_args"], path, FIX)
     validate.tokenizer_meta(ckpt["tokenizer"], f"{path} tokenizer", FIX)
     config = GPTConfig(**args)
+    validate.claimed_layers(args, ckpt["model"], path, FIX)  # cheap, before even the meta-device shapes
     with torch.device("meta"):  # the claimed shapes, without their memory
         shapes = GPT(config)
     vocab = ckpt["tokenizer"]["vocab_size"]

@@ -193,6 +193,10 @@ def load_resume(cfg, overrides):
         raise UserError(f"{path} holds weights only (a best.pt or an export), not a run's state: it cannot be "
                         f"resumed; sample or evaluate it, or fine-tune it from a Hugging Face export (export.py)")
     saved = ckpt["config"]
+    clash = [k for k in MODEL_KEYS if k != "pad_vocab_to" and k in saved and saved[k] != ckpt["model_args"].get(k, saved[k])]
+    if clash:  # a checkpoint edited by hand, or damaged in a way its checksum did not catch
+        raise UserError(f"{path} is inconsistent: its config says {clash[0]}={saved[clash[0]]!r}, its model_args "
+                        f"{ckpt['model_args'][clash[0]]!r}; resume from another checkpoint")
     for key in MODEL_KEYS + ("optimizer",):
         if key in overrides and key in saved and overrides[key] != saved[key]:
             raise UserError(f"cannot resume with {key}={overrides[key]}: the checkpoint in {cfg.out_dir} has "

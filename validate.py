@@ -15,7 +15,8 @@ import math
 from configurator import UserError
 
 MISSING = object()
-MAX_DIM = 2**20  # n_embd, n_layer, n_head: far beyond any real model, small enough that products fit in int64
+MAX_DIM = 2**16  # n_embd, n_head: far beyond any real model (GPT-3: 12,288 wide, 96 heads)
+MAX_LAYERS = 2**12  # GPT-3 has 96; building even the meta-device shapes of a million layers takes minutes
 MAX_VOCAB = 2**31 - 1  # uint32 shard tokens
 MAX_CONTEXT = 2**24
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16")  # what a model's weights may be stored as
@@ -196,7 +197,7 @@ def model_args(args, where, fix):
     f = Fields(args, where + " model_args", fix)
     f.only({x.name for x in dataclasses.fields(GPTConfig)})
     out = {}
-    for key, low, high in (("n_layer", 1, MAX_DIM), ("n_head", 1, MAX_DIM), ("n_embd", 1, MAX_DIM),
+    for key, low, high in (("n_layer", 1, MAX_LAYERS), ("n_head", 1, MAX_DIM), ("n_embd", 1, MAX_DIM),
                            ("block_size", 1, MAX_CONTEXT), ("vocab_size", 1, MAX_VOCAB), ("pad_vocab_to", 1, 2**16)):
         if key in args:
             out[key] = f.int(key, low, high)
@@ -246,6 +247,24 @@ def tensors(state, expected, where, fix, finite=True):
             raise UserError(f"{where}: tensor {name} holds {bad:,} NaN or infinite values, so the model cannot "
                             f"give a meaningful output: use an earlier checkpoint (the run diverged, or the file "
                             f"was damaged)")
+
+
+def claimed_layers(args, state, where, fix, prefix="transformer.h."):
+    """The layer count and width model_args claim against the tensors a file holds, before any model (even
+    on the meta device, whose cost grows with the layers) is built from the claim."""
+    import re
+    if not isinstance(state, dict):
+        raise UserError(f"{where}: its weights are not a dict of named tensors: {fix}")
+    layers = {int(m.group(1)) for k in state if isinstance(k, str) and (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    n_layer = args.get("n_layer", 12)
+    if layers != set(range(n_layer)):
+        raise UserError(f"{where}: the weights do not match the model config saved with them: n_layer={n_layer}, "
+                        f"but the file holds {len(layers)} layers")
+    wte = state.get("transformer.wte.weight")
+    n_embd = args.get("n_embd", 768)
+    if hasattr(wte, "shape") and (len(wte.shape) != 2 or wte.shape[1] != n_embd):
+        raise UserError(f"{where}: the weights do not match the model config saved with them: n_embd={n_embd}, "
+                        f"but transformer.wte.weight has shape {tuple(wte.shape)}")
 
 
 def storage_bytes(obj, path):
