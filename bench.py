@@ -347,7 +347,7 @@ class PrepareBench:
     repeats: int = 3  # timed runs of each (interleaved); the median is reported
     baseline: bool = True  # also time the plain tiktoken loop
     memory: bool = True  # also run a whole prepare.py in a subprocess: peak RSS of all its processes, summed (sampled every 50 ms)
-    work_dir: str = "/tmp/nanogpt-bench-prepare"  # where the corpus and the prepared data go (deleted after)
+    work_dir: str = "/tmp/nanogpt-bench-prepare"  # where the corpus and the prepared data go: a folder bench.py makes and deletes after (inside this one if it already exists)
 
 
 def tree_rss(pid):
@@ -371,10 +371,18 @@ def bench_prepare(cfg):
     import subprocess
     from prepare import PrepareConfig, prepare
     from sources import SourceConfig
-    os.makedirs(cfg.work_dir, exist_ok=True)
+    from safeio import ScratchDir
+    if not os.path.isfile(cfg.input):  # before any folder is made
+        raise UserError(f"--input {cfg.input} not found: give a UTF-8 text file")
     try:
-        text = open(cfg.input, encoding="utf-8").read()
-        corpus = os.path.join(cfg.work_dir, "corpus.jsonl")
+        with open(cfg.input, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"--input {cfg.input} is not UTF-8 text (byte {e.start})") from None
+    scratch = ScratchDir(cfg.work_dir)  # removed afterwards only if bench.py made it (never a folder of yours)
+    work_dir = scratch.__enter__()
+    try:
+        corpus = os.path.join(work_dir, "corpus.jsonl")
         target, written = int(cfg.megabytes * 2**20), 0
         with open(corpus, "w", encoding="utf-8") as f:  # one JSON document per line, about doc_chars each
             while written < target:
@@ -396,10 +404,10 @@ def bench_prepare(cfg):
 
         def prepare_with(w):
             t = time.perf_counter()
-            meta = prepare(PrepareConfig(data_root=cfg.work_dir, name=f"w{w}", num_proc=w, val_fraction=0.0,
+            meta = prepare(PrepareConfig(data_root=work_dir, name=f"w{w}", num_proc=w, val_fraction=0.0,
                                          overwrite=True), [SourceConfig(input=[corpus])])
             seconds = time.perf_counter() - t
-            shutil.rmtree(os.path.join(cfg.work_dir, f"w{w}"))
+            shutil.rmtree(os.path.join(work_dir, f"w{w}"))
             return seconds, meta["counts"]["train"]["tokens"]
 
         runs = {**({"tiktoken_batch_loop": tiktoken_loop} if cfg.baseline else {}),
@@ -413,7 +421,7 @@ def bench_prepare(cfg):
             seconds = statistics.median(ts)
             result[name] = {"seconds": seconds, "runs": ts, "tokens": tokens[name], "tokens_per_sec": tokens[name] / seconds}
         if cfg.memory:  # a whole prepare.py, measured from outside: its processes' resident memory, summed
-            cmd = [sys.executable, "prepare.py", "--input", corpus, "--data_root", cfg.work_dir, "--name", "mem",
+            cmd = [sys.executable, "prepare.py", "--input", corpus, "--data_root", work_dir, "--name", "mem",
                    "--overwrite", "--val_fraction", "0"]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             peak = 0
@@ -423,7 +431,7 @@ def bench_prepare(cfg):
             if proc.returncode == 0:
                 result["peak_rss_bytes"] = peak
     finally:
-        shutil.rmtree(cfg.work_dir, ignore_errors=True)
+        scratch.__exit__(None, None, None)
     parts = [f"{k}: {result[k]['tokens_per_sec']:,.0f} tok/s" for k in ["tiktoken_batch_loop"] + [f"w{w}" for w in cfg.workers]
              if k in result]
     scale = (f", {result['w2']['tokens_per_sec'] / result['w1']['tokens_per_sec']:.2f}x with 2 workers"

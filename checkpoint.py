@@ -15,7 +15,6 @@ An out_dir holds one run at a time: train.py holds an exclusive lock on
 out_dir/train.lock (with its process id in it) for as long as it runs.
 """
 
-import errno
 import os
 import pickle
 import re
@@ -23,6 +22,8 @@ import zlib
 
 import torch
 
+import safeio
+import validate
 from configurator import UserError, os_error
 from shards import hold_lock
 
@@ -71,23 +72,14 @@ def checksum(obj, crc=0):
 
 
 def save(obj, path):
-    """Write atomically: a .tmp file, fsync'ed, renamed over path. A crash or a full disk at any moment
-    leaves the previous file at path intact, and no half-written file under its name."""
+    """Write atomically (safeio.atomic_write: a .tmp file, fsync'ed, renamed over path). A crash or a full
+    disk at any moment leaves the previous file at path intact, and no half-written file under its name."""
     obj = {**obj, "crc32": checksum(obj)}
-    tmp = path + ".tmp"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError from its zip writer
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        e = e if isinstance(e, OSError) else OSError(errno.ENOSPC if "space" in str(e).lower() else errno.EIO,
-                                                     str(e).splitlines()[0][:200])
-        kept = " (the previous one is intact)" if os.path.exists(path) else ""
+        safeio.atomic_write(path, lambda f: torch.save(obj, f))  # torch's "unexpected pos" is the OSError behind it
+    except OSError as e:
+        kept = " (the previous one is intact)" if os.path.exists(path) else " (no checkpoint was written under that name)"
         raise UserError(f"cannot write checkpoint {path}{kept}: {os_error(e)}") from None
-    os.replace(tmp, path)  # the moment the new checkpoint takes the old one's place
 
 
 def load(path, shards=("model",)):
@@ -105,12 +97,16 @@ def load(path, shards=("model",)):
         raise UserError(f"cannot read checkpoint {path} (damaged, cut short, or not a checkpoint: {why})") from None
     if not isinstance(obj, dict) or ("model" not in obj and "sharded" not in obj):
         raise UserError(f"{path} is not a checkpoint of this program (no model weights in it)")
+    validate.storage_bytes(obj, path)  # before the checksum, which would materialize what the tensors claim
     if "crc32" in obj and checksum(obj) != obj["crc32"]:  # checkpoints from before the checksum have none
         raise UserError(f"{path} is damaged: its contents do not match the checksum written with it; use an older "
                         f"checkpoint (best.pt, or ckpt_NNNNNNN.pt with --keep_last_n)")
     if "sharded" in obj and shards:
         obj.update(read_shards(shards_dir(path, obj), shards))
-    return obj
+    if "model" not in obj:  # a sharded checkpoint whose parts its processes read themselves: check the rest
+        validate.checkpoint_dict({**obj, "model": {}}, path)
+        return obj
+    return validate.checkpoint_dict(obj, path)
 
 
 def shards_dir(path, ckpt):

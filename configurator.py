@@ -27,19 +27,61 @@ class UserError(Exception):
     """A mistake by the user (bad flag, missing file): shown as one line, exit code 2."""
 
 
-def quiet_interrupts():
-    """Ctrl-C while the heavy imports load exits quietly. Each script calls this before importing
-    torch; run() then gives Ctrl-C back its usual meaning (KeyboardInterrupt)."""
+# ---------------------------------------------------------------------------
+# the signal policy of every command: SIGINT and SIGTERM end it with one line and exit code 128 + signal
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread where the command was, so that every `finally` and
+    `except BaseException` on the way out runs: work folders (.partial) are removed, locks released,
+    the previous files left as they were. A KeyboardInterrupt, so code that handles Ctrl-C handles both."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOPPING = []  # the signals received since the first one was raised: the exit code is the last one's
+
+
+def _on_signal(signum, frame):
+    _STOPPING.append(signum)
+    if len(_STOPPING) == 1:
+        raise Interrupted(signum)
+    # a second signal while the first one's clean-up runs: let the clean-up finish (it is short: removing
+    # a work folder), then exit with this signal's code
+
+
+def install_signal_handlers():
+    """SIGINT and SIGTERM raise Interrupted (once; see _on_signal). configurator.run installs them for
+    every command; train.py's loop replaces them with faults.StopRequest while it trains."""
     import signal
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+    _STOPPING.clear()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _on_signal)
+
+
+def signal_line(signum):
+    import signal
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
+def quiet_interrupts():
+    """Ctrl-C or SIGTERM while the heavy imports load exits with one line and 128 + signal. Each script
+    calls this before importing torch; run() then installs the policy proper."""
+    import signal
+
+    def stop(signum, frame):
+        print(signal_line(signum), file=sys.stderr)
+        sys.exit(128 + signum)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop)
 
 
 def run(main):
     """Call main() and turn user mistakes into a one-line error and a non-zero exit. So do faults of
     the machine (a full disk, a folder that cannot be written): they are not bugs, and a traceback
-    would hide the one line that says what to do."""
-    import signal
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    would hide the one line that says what to do. SIGINT and SIGTERM: one line, exit 128 + signal."""
+    install_signal_handlers()
     try:
         main()
     except UserError as e:
@@ -49,12 +91,17 @@ def run(main):
         elif not getattr(e, "every_rank", False):  # under torchrun a mistake in the set-up is every process's:
             print(f"error: [rank {rank}] {e}", file=sys.stderr)  # rank 0 says it; others speak for themselves
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        import signal
+        signum = _STOPPING[-1] if _STOPPING else getattr(e, "signum", signal.SIGINT)
+        print(signal_line(signum), file=sys.stderr)
+        sys.exit(128 + signum)
     except OSError as e:
         if isinstance(e, BrokenPipeError):  # the reader went away (python sample.py | head): not an error
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            except OSError:
+                pass
             sys.exit(0)
         print(f"error: {os_error(e)}", file=sys.stderr)
         sys.exit(1)
@@ -230,6 +277,9 @@ def load_config_file(path):
         raise UserError(f"config file '{path}' line {e.lineno}: {e.msg}") from None
     try:
         exec(code, namespace)
+    except SystemExit as e:  # exit() in a config file would end the command having done nothing, with its code
+        raise UserError(f"config file '{path}' calls exit({e.code!r}){_where(e, path)}: a config file only sets "
+                        f"keys; remove the call") from None
     except Exception as e:
         raise UserError(f"config file '{path}' failed{_where(e, path)}: {type(e).__name__}: {e}") from None
     # keys are the names it assigns; imports and classes are not keys. A lambda derives a key from the

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from configurator import UserError
-from shards import open_shard, shard_paths
+from shards import check_window, open_shard, read_header, shard_paths
 
 
 class WindowStream:
@@ -31,7 +31,8 @@ class WindowStream:
         if not paths:
             raise UserError(f"no {split} shards in {data_dir}: re-run prepare.py (with --val_fraction > 0 "
                             f"if the source has no validation split)")
-        self.shards = [open_shard(p) for p in paths]
+        self.paths, self.shards = paths, [open_shard(p) for p in paths]
+        self.tops = [read_header(p)[2] for p in paths]  # each shard's largest id, checked against the vocabulary
         self.n_tokens = sum(len(s) for s in self.shards)
         if all(len(s) < block_size + 1 for s in self.shards):
             raise UserError(f"the {split} split of {data_dir} has {self.n_tokens} tokens, too few for one "
@@ -71,6 +72,12 @@ class WindowStream:
         s, start = window
         return self.shards[s][start:start + self.T + 1]
 
+    def check(self, window):
+        """Refuse a window with an id past its shard header's largest (which preflight checked against the
+        vocabulary): the file changed after it was checked, or its data is damaged."""
+        s, start = window
+        check_window(self.shards[s][start:start + self.T + 1], self.tops[s], self.paths[s], start)
+
     def spread(self, n):
         """n windows spread evenly over the whole split, from its first token."""
         sizes = np.array([max(len(s) - self.T, 0) for s in self.shards])  # window starts per shard
@@ -103,6 +110,7 @@ class DataLoader:
         w = np.ones(len(data_dirs)) if weights is None else np.asarray(weights, dtype=np.float64)
         self.weights = w / w.sum()
         self.counts = [0] * len(data_dirs)  # windows taken from each dataset so far
+        self.top = max(max(s.tops) for s in self.streams)  # the largest id any header records
         self.split, self.B, self.T = split, batch_size, block_size
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
@@ -132,7 +140,7 @@ class DataLoader:
         taken = {j: iter(self.streams[j].take(source.count(j))) for j in set(source)}
         windows = [(j, next(taken[j])) for j in source]  # each dataset's windows stay in its own order
         mine = windows[self.rank * self.B:(self.rank + 1) * self.B]
-        return self._to_device(np.stack([self.streams[j].tokens(w) for j, w in mine]))
+        return self._to_device(self._checked(np.stack([self.streams[j].tokens(w) for j, w in mine]), mine))
 
     def spread_batches(self, n_batches):
         """Batches of windows spread evenly over each dataset's split (n_batches in all, shared by weight):
@@ -142,8 +150,18 @@ class DataLoader:
             n = n_batches if len(self.streams) == 1 else max(1, round(n_batches * self.weights[j]))
             windows = stream.spread(n * self.B)
             for k in range(n):
-                x, y = self._to_device(np.stack([stream.tokens(w) for w in windows[k * self.B:(k + 1) * self.B]]))
+                rows = [(j, w) for w in windows[k * self.B:(k + 1) * self.B]]
+                x, y = self._to_device(self._checked(np.stack([stream.tokens(w) for _, w in rows]), rows))
                 yield j, x, y
+
+    def _checked(self, batch, rows):
+        """The batch, once no token id in it is past the largest any shard header records: one max over the
+        batch (microseconds), and only when it fails a look at each window for the one-line error. So no id
+        past the vocabulary reaches the model, whatever happened to a shard after preflight checked it."""
+        if len(batch) and int(batch.max()) > self.top:
+            for j, w in rows:
+                self.streams[j].check(w)
+        return batch
 
     def _to_device(self, batch):
         batch = torch.from_numpy(batch.astype(np.int64))

@@ -33,7 +33,7 @@ from dataloader import dataset_dir
 from devices import inference_device
 from loading import describe, load_model
 from metrics import Progress
-from shards import open_shard, read_meta, shard_paths
+from shards import check_tokens, open_shard, read_meta, shard_paths
 from tokenizer import same_tokenizer
 
 
@@ -102,7 +102,8 @@ def evaluate(cfg, info=None):
     device, ctx = inference_device(cfg.device, cfg.dtype)
     if cfg.task:
         return evaluate_task(cfg, device, ctx, info)
-    model, tokenizer, path, meta = load_model(cfg.out_dir, device)
+    model, tokenizer, path, meta = load_model(cfg.out_dir, device, rows=cfg.batch_size, positions=None,
+                                              what=f"scoring with --batch_size={cfg.batch_size}")
     trained = meta["config"] or {}  # None for a Hugging Face directory
     dataset = cfg.dataset or trained.get("dataset")
     if not dataset or not isinstance(dataset, str):  # not saved, or a mix of several
@@ -125,6 +126,8 @@ def evaluate(cfg, info=None):
     token_bytes = torch.tensor([len(tokenizer.token_bytes([i])) for i in range(tokenizer.vocab_size)])
     token_bytes[tokenizer.eot_id] = 0
     nats, targets, n_bytes = 0.0, 0, 0
+    for p in paths:  # every token id, before the first forward: none past the vocabulary reaches the model
+        check_tokens(p, tokenizer.vocab_size, sample=None, whose="the model's")
     shards = [open_shard(p) for p in paths]
     # a large split takes minutes: a bar on a terminal (stderr), else a plain line every 30 s or so
     with Progress(sum(max(len(s) - 1, 0) for s in shards), f"scoring {cfg.split}", "tokens", unit_scale=True) as bar:
@@ -147,7 +150,8 @@ def evaluate(cfg, info=None):
 def evaluate_task(cfg, device, ctx, info):
     """Score the model on a downstream task (hellaswag.py); returns the result dict."""
     docs = hellaswag.load_docs(cfg.task, cfg.task_file, cfg.limit)  # first: a missing file fails before the model loads
-    model, tokenizer, path, meta = load_model(cfg.out_dir, device)
+    model, tokenizer, path, meta = load_model(cfg.out_dir, device, rows=cfg.batch_size, positions=None,
+                                              what=f"scoring with --batch_size={cfg.batch_size}")
     info(f"scoring {describe(path, meta)} on {len(docs):,} {cfg.task} examples from {cfg.task_file or hellaswag.HUB_DATASET}")
     examples, skipped = hellaswag.encode(docs, tokenizer)
     if skipped:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 if __name__ == "__main__":  # Ctrl-C while torch loads exits quietly; run() gives it back its usual meaning
     __import__("configurator").quiet_interrupts()
 from configurator import parse_args, run
-from hf import export_hf
+from checkpoint import find
+from hf import check_export_target, export_hf, is_hf_dir
 from loading import describe, load_model
 
 
@@ -25,14 +26,16 @@ class ExportConfig:
     """Write a checkpoint as a Hugging Face GPT-2 directory that GPT2LMHeadModel.from_pretrained loads."""
     out_dir: str = "out"  # a run folder, a checkpoint file, or a folder whose newest run is used
     hf_dir: str = "hf"  # the directory to write (refused if it exists and is not empty, unless --overwrite)
-    overwrite: bool = False  # replace the files of an earlier export in hf_dir (other files there stay)
+    overwrite: bool = False  # replace the files of an earlier export in hf_dir (only over an export: its nanogpt.json says so; other files stay)
 
 
 def export(cfg, info=None):
     """Export the model cfg.out_dir points to into cfg.hf_dir; returns the files written."""
     info = info or (lambda msg: print(msg, file=sys.stderr))
+    source = cfg.out_dir if is_hf_dir(cfg.out_dir) else find(cfg.out_dir)
+    check_export_target(cfg.hf_dir, cfg.overwrite, source)  # before the model is read: a wrong folder fails at once
     model, _, path, meta = load_model(cfg.out_dir, "cpu")
-    files = export_hf(model, meta["tokenizer"], cfg.hf_dir, cfg.overwrite, source=describe(path, meta))
+    files = export_hf(model, meta["tokenizer"], cfg.hf_dir, cfg.overwrite, source=describe(path, meta), source_path=path)
     info(f"exported {describe(path, meta)} to {cfg.hf_dir}: {', '.join(files)}")
     return files
 

@@ -12,11 +12,12 @@ The out_dir lock and the checksums of checkpoints live in checkpoint.py.
 
 import math
 import signal
+import sys
 from collections import deque
 
 import torch
 
-from configurator import UserError
+from configurator import Interrupted, UserError
 
 MAX_ROLLBACKS = 5  # a run still failing after this many rollbacks stops, its last good checkpoint intact
 
@@ -44,6 +45,18 @@ class BadSteps:
         return None
 
 
+class Diverged(UserError):
+    """The model's outputs (or weights) are not finite: in training, a reason to roll back like a bad
+    eval; anywhere else, one line."""
+
+
+def check_finite_model(model):
+    """Diverged when a weight is NaN or infinite (one pass over the weights, far cheaper than an eval)."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise Diverged(f"the model's weights are not finite ({name})")
+
+
 def healthy(val_loss, recover_to):
     """Whether a checkpoint with this val loss may be saved: a finite loss, and after a rollback, back to
     (within 1% of) recover_to, the val loss of the checkpoint rolled back to."""
@@ -69,8 +82,8 @@ class StopRequest:
             signal.signal(s, handler)
 
     def on_signal(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self.signum is not None:  # a second signal: stop now, with that signal's exit code
+            raise Interrupted(signum)
         self.signum = signum
         if self.announce:
             print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop at once)",
@@ -113,6 +126,30 @@ def out_of_memory_advice(cfg, need=None, have=None):
 
 def is_out_of_memory(e):
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
+def inference_memory(model_shapes, rows, positions, kv_cache):
+    """Rough peak bytes of inference (sample.py, eval.py) without gradients: fp32 weights twice (the
+    checkpoint's copy and the model's), the KV cache of `rows` sequences of the full context, and per
+    forward the activations and logits (with their softmax) of rows x positions tokens."""
+    c = model_shapes.config
+    params = sum(p.numel() for p in model_shapes.parameters())
+    tokens = rows * positions
+    cache = 2 * c.n_layer * rows * c.block_size * c.n_embd * 4 if kv_cache else 0
+    return 8 * params + cache + tokens * (16 * c.n_embd * 4 + 12 * model_shapes.lm_head.weight.shape[0])
+
+
+def check_inference_memory(model_shapes, rows, positions, kv_cache, device, what):
+    """Refuse (CPU) or warn about (GPU) an inference whose estimate does not fit, before the model is
+    built: a checkpoint's claimed shapes and the requested batch decide it, not what the kernel allows."""
+    need = inference_memory(model_shapes, rows, positions, kv_cache)
+    have = available_memory(device)
+    if have is not None and need > have:
+        msg = (f"out of memory: {what} needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB are free; "
+               f"ask for fewer rows at once (--num_samples, --batch_size) or use a smaller model")
+        if device.startswith("cpu"):  # past this, Linux kills the process without a word
+            raise UserError(msg)
+        print(f"warning: {msg}", file=sys.stderr)
 
 
 def check_memory(model_shapes, cfg, dtype, device, warn):

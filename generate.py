@@ -116,6 +116,7 @@ def next_tokens(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         probs = F.softmax(sorted_logits, dim=-1)
         # drop a token when the ones before it already reach top_p (so the first token always stays)
         drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[:, 0] = False  # even when top_p rounds to 0 in float32 (a tiny --top_p)
         logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = F.softmax(logits, dim=-1)
     bad = bad | ~torch.isfinite(probs).all(dim=-1)  # also a temperature so small that logits overflow

@@ -14,7 +14,7 @@ Per example and ending, ll = the summed log-probability of " " + ending given th
   acc_norm_tokens  argmax of ll / tokens of ending      (llm.c's normalization)
 """
 
-import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import sources
+import validate
 from configurator import UserError
 from metrics import Progress
 
@@ -54,26 +55,33 @@ def read_jsonl(path):
     if not os.path.isfile(path):
         raise UserError(f"task file {path} not found: expected HellaSwag's hellaswag_val.jsonl ({VAL_URL})")
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {n} is not JSON ({e.msg}): expected one HellaSwag example a line") from None
+            doc = validate.parse_json(raw, f"{path} line {n}", "expected one HellaSwag example a line "
+                                                               "(hellaswag_val.jsonl)")
             check_doc(doc, f"{path} line {n}")
             docs.append(doc)
     return docs
 
 
 def check_doc(doc, where):
+    """One example, checked field by field: the context parts text, four non-empty text endings, a label
+    0-3 (an int, or the Hub's string): anything else would be scored as something it is not."""
     missing = [k for k in KEYS if not isinstance(doc, dict) or doc.get(k) is None]
     if missing:
         raise UserError(f"{where} is not a labelled HellaSwag example: it has no {', '.join(missing)} (expected "
                         f"the keys {', '.join(KEYS)}; the test split has no labels, use the val split)")
-    if not isinstance(doc["endings"], list) or len(doc["endings"]) != 4 or str(doc["label"]) not in ("0", "1", "2", "3"):
-        raise UserError(f"{where}: expected 4 endings and a label 0-3")
+    f = validate.Fields(doc, where, "expected a HellaSwag example (ctx_a, ctx_b, activity_label text, 4 endings, "
+                                    "label 0-3)")
+    for key in ("activity_label", "ctx_a", "ctx_b"):
+        f.str(key)
+    f.list("endings", length=4, item=lambda e: None if isinstance(e, str) and e.strip() else "is not non-empty text")
+    label = doc["label"]
+    if isinstance(label, bool) or not (isinstance(label, int) and 0 <= label <= 3 or
+                                       isinstance(label, str) and label.strip() in ("0", "1", "2", "3")):
+        f.fail("label", "is not 0, 1, 2 or 3", label)
 
 
 def read_hub():
@@ -81,12 +89,15 @@ def read_hub():
     try:
         sources.check_hub_reachable(HUB_DATASET)  # in seconds, not after datasets' retries
         import datasets
-        return [dict(d) for d in datasets.load_dataset(HUB_DATASET, split="validation")]
+        docs = [dict(d) for d in datasets.load_dataset(HUB_DATASET, split="validation")]
     except Exception as e:  # no network, no datasets, no cache: all mean "get the file yourself"
         why = "the Hub cannot be reached" if isinstance(e, UserError) else type(e).__name__
         raise UserError(f"cannot load {HUB_DATASET} from the Hugging Face Hub ({why}): download hellaswag_val.jsonl "
                         f"from {VAL_URL} and pass its path as --task_file (train.py: --eval_tasks_file), or set "
                         f"HF_HUB_OFFLINE=1 to use a copy already in your Hugging Face cache") from None
+    for i, doc in enumerate(docs):
+        check_doc(doc, f"{HUB_DATASET} validation example {i}")
+    return docs
 
 
 def load_docs(task, task_file="", limit=0):
@@ -170,6 +181,9 @@ def score(model, examples, batch_size, ctx, device, progress=False):
             lls += loglikelihoods(model, rows[i:i + batch_size], ctx, device)
             bar.update(len(lls) // 4 - bar.n)
     model.train(was_training)
+    if any(math.isnan(v) for v in lls):
+        from faults import Diverged
+        raise Diverged("the model's log-likelihoods of the task's endings are NaN: its outputs are not finite")
     hits = {"acc": 0, "acc_norm": 0, "acc_norm_tokens": 0}
     for k, ex in enumerate(examples):
         ll = lls[4 * k:4 * k + 4]

@@ -23,8 +23,11 @@ from dataclasses import asdict, replace
 
 import torch
 
+import safeio
+import validate
 from checkpoint import state_dict_mismatch
-from configurator import UserError
+from configurator import UserError, os_error
+from shards import hold_lock, release_lock
 from model import GPT, GPTConfig, padded_vocab_size
 from tokenizer import EOT_TEXT, GPT2Tokenizer, bytes_to_unicode, same_tokenizer
 
@@ -87,25 +90,56 @@ def from_hf(hf_state, model_args):
 # import: a local Hugging Face GPT-2 directory -> model args, weights, tokenizer
 
 def model_args_from_hf(config, path):
-    """GPTConfig arguments for a GPT-2 config.json, or a UserError naming what we cannot represent."""
-    c = {**HF_DEFAULTS, **config}
-    if c.get("model_type") != "gpt2":
-        raise UserError(f"{path}/config.json describes a {c.get('model_type')!r} model: only GPT-2 (model_type "
+    """GPTConfig arguments for a GPT-2 config.json, or a UserError naming what we cannot represent:
+    every field this code reads is checked for type and range first (validate.Fields)."""
+    where = f"{path}/config.json"
+    fix = "fix config.json, or export the model again"
+    c = validate.Fields(config, where, fix)
+    if c.str("model_type", default=None) != "gpt2":
+        raise UserError(f"{where} describes a {config.get('model_type')!r} model: only GPT-2 (model_type "
                         f"'gpt2') can be imported")
-    act = c["activation_function"]
-    unsupported = [(act not in HF_GELU and act != "relu2",
-                    f"activation_function={act!r} (expected one of {sorted(HF_GELU) + ['relu2']})"),
-                   (c["n_inner"] not in (None, 4 * c["n_embd"]), f"n_inner={c['n_inner']} (expected 4 x n_embd)"),
-                   (c["layer_norm_epsilon"] != 1e-5, f"layer_norm_epsilon={c['layer_norm_epsilon']} (expected 1e-5)"),
-                   (not c["scale_attn_weights"] or c["scale_attn_by_inverse_layer_idx"], "another attention scale"),
-                   (c["add_cross_attention"], "cross-attention"),
-                   (c["n_embd"] % c["n_head"] != 0, f"n_embd={c['n_embd']} not a multiple of n_head={c['n_head']}")]
+    d = HF_DEFAULTS
+    n_layer, n_head = c.int("n_layer", 1, validate.MAX_LAYERS, d["n_layer"]), c.int("n_head", 1, validate.MAX_DIM, d["n_head"])
+    n_embd = c.int("n_embd", 1, validate.MAX_DIM, d["n_embd"])
+    positions = c.int("n_positions", 1, validate.MAX_CONTEXT, d["n_positions"])
+    vocab = c.int("vocab_size", 1, validate.MAX_VOCAB, d["vocab_size"])
+    act = c.str("activation_function", choices=sorted(HF_GELU) + ["relu2"], default=d["activation_function"])
+    n_inner = config.get("n_inner")
+    if n_inner is not None:
+        n_inner = c.int("n_inner", 1, 4 * validate.MAX_DIM)
+    eps = c.number("layer_norm_epsilon", 0.0, 1.0, default=d["layer_norm_epsilon"])
+    scale = c.bool("scale_attn_weights", default=True)
+    by_layer = c.bool("scale_attn_by_inverse_layer_idx", default=False)
+    cross = c.bool("add_cross_attention", default=False)
+    tied = c.bool("tie_word_embeddings", default=True)
+    unsupported = [(n_inner not in (None, 4 * n_embd), f"n_inner={n_inner} (expected 4 x n_embd)"),
+                   (eps != 1e-5, f"layer_norm_epsilon={eps} (expected 1e-5)"),
+                   (not scale or by_layer, "another attention scale"),
+                   (cross, "cross-attention"),
+                   (n_embd % n_head != 0, f"n_embd={n_embd} not a multiple of n_head={n_head}")]
     for bad, what in unsupported:
         if bad:
-            raise UserError(f"{path}/config.json has {what}, which this code's GPT cannot represent")
-    return dict(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], block_size=c["n_positions"],
-                vocab_size=c["vocab_size"], bias=True, dropout=0.0, gelu_approx=HF_GELU.get(act, "none"),
-                mlp="relu2" if act == "relu2" else "gelu", tie_embeddings=bool(c["tie_word_embeddings"]))
+            raise UserError(f"{where} has {what}, which this code's GPT cannot represent")
+    return dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=positions,
+                vocab_size=vocab, bias=True, dropout=0.0, gelu_approx=HF_GELU.get(act, "none"),
+                mlp="relu2" if act == "relu2" else "gelu", tie_embeddings=tied)
+
+
+def read_sidecar(path):
+    """nanogpt.json of an exported directory, checked: {} when there is none."""
+    file = os.path.join(path, SIDECAR)
+    if not os.path.isfile(file):
+        return {}
+    fix = "export the model again (export.py --overwrite), or remove nanogpt.json to import it as plain GPT-2"
+    ours = validate.read_json(file, fix)
+    f = validate.Fields(ours, file, fix)
+    f.bool("bias", default=True)
+    f.int("pad_vocab_to", 1, 2**16, default=1)
+    if ours.get("tokenizer") is not None:
+        validate.tokenizer_meta(f.dict("tokenizer"), f"{file} tokenizer", fix)
+    f.str("source", default="")
+    f.list("files", item=lambda v: None if isinstance(v, str) else "is not a file name", default=[])
+    return ours
 
 
 def read_hf_weights(path):
@@ -114,14 +148,18 @@ def read_hf_weights(path):
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(os.path.join(path, "model.safetensors")) or os.path.isfile(index):
         from safetensors.torch import load_file
-        files = (sorted(set(_read_json(index).get("weight_map", {}).values())) if os.path.isfile(index)
-                 else ["model.safetensors"])
+        files = ["model.safetensors"]
+        if os.path.isfile(index):
+            weight_map = validate.Fields(_read_json(index), index, "export the model again").dict("weight_map", {})
+            files = sorted(set(weight_map.values()), key=str)
         load = load_file
     elif os.path.isfile(os.path.join(path, "pytorch_model.bin")):
         files, load = ["pytorch_model.bin"], lambda f: torch.load(f, map_location="cpu", weights_only=True)
     else:
         raise UserError(f"{path} has a config.json but no weights: expected model.safetensors or pytorch_model.bin")
     raw = {}
+    if not all(isinstance(n, str) and n and os.path.basename(n) == n for n in files):
+        raise UserError(f"{index}: its weight_map names files outside the directory: export the model again")
     for name in files:
         try:
             raw.update(load(os.path.join(path, name)))
@@ -132,6 +170,10 @@ def read_hf_weights(path):
     for k, v in raw.items():
         if k.endswith((".attn.bias", ".attn.masked_bias")):
             continue  # the causal-mask buffers older files carry: not weights
+        if not isinstance(v, torch.Tensor) or str(v.dtype).replace("torch.", "") not in validate.WEIGHT_DTYPES:
+            what = str(v.dtype).replace("torch.", "") if isinstance(v, torch.Tensor) else type(v).__name__
+            raise UserError(f"{path}: tensor {k} is {what}, but weights must be one of "
+                            f"{', '.join(validate.WEIGHT_DTYPES)} (a cast would change them silently)")
         # OpenAI's original upload names GPT2Model's tensors (h.0..., wte.weight) without 'transformer.'
         out[k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k] = v.float()
     return out
@@ -142,30 +184,39 @@ def load_hf_gpt2(path):
     tokenizer is not one this code has) from a local Hugging Face GPT-2 directory."""
     if not is_hf_dir(path):
         raise UserError(f"{path} is not a Hugging Face model directory (it has no config.json)")
-    model_args = model_args_from_hf(_read_json(os.path.join(path, "config.json")), path)
+    model_args = model_args_from_hf(validate.read_json(os.path.join(path, "config.json"), "export the model again"),
+                                    path)
     hf_state = read_hf_weights(path)
+    validate.claimed_layers(model_args, hf_state, f"{path}/config.json", "export the model again")
     head = hf_state.pop("lm_head.weight", None) if model_args["tie_embeddings"] else None
     problem = state_dict_mismatch(to_hf(_shapes(model_args), model_args), hf_state)
     if problem is None and head is not None and not torch.equal(head, hf_state["transformer.wte.weight"]):
         problem = "lm_head.weight differs from transformer.wte.weight, but config.json says they are tied"
     if problem:
         raise UserError(f"{path}: the weights do not match its config.json: {problem}")
-    ours = _read_json(os.path.join(path, SIDECAR)) if os.path.isfile(os.path.join(path, SIDECAR)) else {}
+    ours = read_sidecar(path)
     biases = [v for k, v in hf_state.items() if k.endswith(".bias")]
     if ours.get("bias") is False and not any(bool(b.any()) for b in biases):
         model_args["bias"] = False  # exported from a model without biases: import it as it was
     model_args["pad_vocab_to"] = ours.get("pad_vocab_to", 1)  # and with its vocabulary padding
-    return model_args, from_hf(hf_state, model_args), ours.get("tokenizer") or _hf_tokenizer_meta(path)
+    state = from_hf(hf_state, model_args)
+    for name, t in state.items():  # a NaN weight would only show up as a traceback in sampling
+        if not bool(torch.isfinite(t).all()):
+            raise UserError(f"{path}: tensor {name} holds NaN or infinite values, so the model cannot give a "
+                            f"meaningful output: export it again from a good checkpoint")
+    return model_args, state, ours.get("tokenizer") or _hf_tokenizer_meta(path)
 
 
 def _hf_tokenizer_meta(path):
     """Our description of an HF directory's tokenizer when it is GPT-2's BPE, else None."""
-    vocab = None
+    vocab, fix = None, "restore GPT-2's tokenizer files, or export the model again"
     if os.path.isfile(os.path.join(path, "vocab.json")):
-        vocab = _read_json(os.path.join(path, "vocab.json"))
+        vocab = validate.read_json(os.path.join(path, "vocab.json"), fix)
     elif os.path.isfile(os.path.join(path, "tokenizer.json")):
-        vocab = _read_json(os.path.join(path, "tokenizer.json")).get("model", {}).get("vocab")
-    if vocab is None or len(vocab) != 50257 or vocab != gpt2_vocab_and_merges()[0]:
+        whole = validate.read_json(os.path.join(path, "tokenizer.json"), fix)
+        model = whole.get("model") if isinstance(whole, dict) else None
+        vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocab, dict) or len(vocab) != 50257 or vocab != gpt2_vocab_and_merges()[0]:
         return None
     return GPT2Tokenizer().meta()
 
@@ -249,10 +300,53 @@ def unexportable(model_args):
                                    (a.get("logit_softcap", 0) > 0, "logit_softcap")) if bad]
 
 
-def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
+def export_marker(hf_dir):
+    """The nanogpt.json of an earlier export in hf_dir (a dict), or None when hf_dir holds none: the
+    marker that says the folder is this program's export, which only then --overwrite may replace."""
+    path = os.path.join(hf_dir, SIDECAR)
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            marker = json.loads(f.read(1 << 24).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("tokenizer"), dict) else None
+
+
+def check_export_target(hf_dir, overwrite, source_path=None):
+    """Refuse an hf_dir the export must not write into: a file, a non-empty folder without --overwrite,
+    a folder that is not an earlier export (--overwrite replaces only this program's own export), a run
+    folder or one that holds the checkpoint being exported (sample.py would read the export instead).
+    Returns the earlier export's marker, or None."""
+    if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
+        raise UserError(f"hf_dir {hf_dir} is a file: choose a directory")
+    from checkpoint import run_files
+    if run_files(hf_dir):
+        raise UserError(f"hf_dir {hf_dir} holds a training run ({', '.join(run_files(hf_dir))}): an export there would "
+                        f"shadow its checkpoints for sample.py and eval.py; choose another --hf_dir (nothing was written)")
+    if source_path is not None:
+        src, target = os.path.realpath(source_path), os.path.realpath(hf_dir)
+        if src == target or src.startswith(target.rstrip(os.sep) + os.sep):
+            raise UserError(f"hf_dir {hf_dir} holds the checkpoint being exported ({source_path}): choose a folder "
+                            f"outside the run (nothing was written)")
+    if not (os.path.isdir(hf_dir) and os.listdir(hf_dir)):
+        return None
+    if not overwrite:
+        raise UserError(f"{hf_dir} already exists and is not empty: pass --overwrite to replace an export there, "
+                        f"or choose another --hf_dir (nothing was written)")
+    marker = export_marker(hf_dir)
+    if marker is None:
+        raise UserError(f"{hf_dir} is not an export of this program (it has no {SIDECAR} written by export.py): "
+                        f"--overwrite replaces only an earlier export; choose an empty or new --hf_dir "
+                        f"(nothing was written)")
+    return marker
+
+
+def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source="", source_path=None):
     """Write `model` and its tokenizer as a Hugging Face GPT-2 directory; returns the files written.
-    Other files in hf_dir are left alone; with overwrite, a previous export's files are replaced."""
-    from safetensors.torch import save_file
+    Other files in hf_dir are left alone; with overwrite (only over an earlier export: its nanogpt.json
+    says so), that export's files are replaced. One export per folder at a time (a lock beside it)."""
     kind = tokenizer_meta.get("kind")
     if kind not in ("gpt2", "char", "bpe"):
         raise UserError(f"cannot export tokenizer kind {kind!r}: export writes the gpt2, char and bpe tokenizers")
@@ -261,11 +355,7 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
     if missing:
         raise UserError(f"cannot export: Hugging Face's GPT-2 has no {', '.join(missing)}; this model needs "
                         f"this code (sample.py, eval.py) or a converter of your own")
-    if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
-        raise UserError(f"hf_dir {hf_dir} is a file: choose a directory")
-    if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not overwrite:
-        raise UserError(f"{hf_dir} already exists and is not empty: pass --overwrite to replace an export there, "
-                        f"or choose another --hf_dir (nothing was written)")
+    check_export_target(hf_dir, overwrite, source_path)
     eot = tokenizer_meta["eot_id"]
     special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
     files = {"config.json": hf_config(model_args, eot),
@@ -286,27 +376,59 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source=""):
                       "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
                                                 "model_max_length": model_args["block_size"], **special}})
     parent, name = os.path.split(os.path.abspath(hf_dir))
-    work = os.path.join(parent, f".{name}.partial")  # a crash leaves only this behind, never half an export
+    try:
+        lock = hold_lock(os.path.join(parent, f".{name}.export.lock"), lambda holder: (
+            f"another export.py (process {holder}) is writing {hf_dir}: wait for it to finish, or choose another "
+            f"--hf_dir (nothing was written)"))
+    except OSError as e:
+        raise UserError(f"cannot write the export to {hf_dir} (nothing was written): {os_error(e)}") from None
+    try:
+        previous = check_export_target(hf_dir, overwrite, source_path)  # again, now that we hold the folder
+        written = sorted(set(files) | {"model.safetensors"})
+        files[SIDECAR] = {**files[SIDECAR], "exported_by": "export.py", "files": written}
+        _write_export(model, model_args, files, hf_dir, parent, name, previous)
+    except OSError as e:
+        raise UserError(f"cannot write the export to {hf_dir} ({hf_dir} is as it was): {os_error(e)}") from None
+    finally:
+        release_lock(lock)
+    return written
+
+
+def _write_export(model, model_args, files, hf_dir, parent, name, previous):
+    """Build the export in a hidden sibling (.NAME.partial), then move its files in: a crash, a full disk
+    or a signal leaves hf_dir as it was and no partial copy behind (the next export clears one)."""
+    from safetensors.torch import save_file
+    work = os.path.join(parent, f".{name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     try:
         os.makedirs(work)
         for fname, content in files.items():
-            with open(os.path.join(work, fname), "w", encoding="utf-8") as f:
-                f.write(content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False))
+            safeio.write_text(os.path.join(work, fname),
+                              content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False))
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_file(to_hf(state, model_args), os.path.join(work, "model.safetensors"), metadata={"format": "pt"})
-        os.chmod(os.path.join(work, "model.safetensors"), os.stat(os.path.join(work, "config.json")).st_mode)
+        tensors = to_hf(state, model_args)
+        target = os.path.join(work, "model.safetensors")
+        try:
+            save_file(tensors, target, metadata={"format": "pt"})
+        except Exception as e:  # safetensors reports a full disk as its own SafetensorError
+            raise safeio.library_write_error(e, target, sum(t.numel() * t.element_size() for t in tensors.values())) \
+                from None
+        with open(target, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(target, os.stat(os.path.join(work, "config.json")).st_mode)
         os.makedirs(hf_dir, exist_ok=True)
     except BaseException:  # a full disk, a Ctrl-C: hf_dir keeps what it had, and no partial copy stays behind
         shutil.rmtree(work, ignore_errors=True)
         raise
+    # only names an export writes, and of those only what the earlier export says it wrote, are removed
+    earlier = (previous or {}).get("files") if isinstance((previous or {}).get("files"), list) else EXPORT_FILES
     for fname in EXPORT_FILES:
         if os.path.exists(os.path.join(work, fname)):
             os.replace(os.path.join(work, fname), os.path.join(hf_dir, fname))
-        elif os.path.exists(os.path.join(hf_dir, fname)):
+        elif previous is not None and fname in earlier and os.path.lexists(os.path.join(hf_dir, fname)):
             os.remove(os.path.join(hf_dir, fname))  # a previous export's file that this one does not have
     os.rmdir(work)
-    return sorted(set(files) | {"model.safetensors"})
+    safeio.fsync_dir(hf_dir)
 
 
 def export_readme(model_args, tokenizer_meta, source, n_params):
@@ -350,8 +472,4 @@ def _escape(c):
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:150]}") from None
+    return validate.read_json(path, "export the model again")

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 
 from configurator import UserError, parse_args, run
 
+# the answers this fit can give with a straight face: a model of at least a few hundred thousand parameters
+# (the smallest shape near it still has one) on at least a million tokens, at most ~1000x past the
+# largest model and data the paper fitted (16B parameters, 500B tokens): outside, the numbers mean nothing
+PARAMS_RANGE, TOKENS_RANGE = (1e5, 1e13), (1e6, 1e15)
 # the paper's fitted constants (its equation 10)
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 G = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
@@ -100,12 +104,15 @@ def plan(cfg):
     try:
         c = c[given[0]]()
         n, d = optimal_for_flops(c)
-        ok = all(math.isfinite(x) for x in (c, n, d, d / n)) and n >= 1 and d >= 1  # a model of at least 1 parameter
+        ok = (all(math.isfinite(x) for x in (c, n, d, d / n)) and PARAMS_RANGE[0] <= n <= PARAMS_RANGE[1]
+              and TOKENS_RANGE[0] <= d <= TOKENS_RANGE[1])
     except (OverflowError, ZeroDivisionError):
         ok = False
     if not ok:
-        raise UserError(f"--{given[0]} {getattr(cfg, given[0])}: too far outside the fit's range to compute "
-                        f"(it was fitted on 70M-16B parameters and 5B-500B tokens)")
+        raise UserError(f"--{given[0]} {getattr(cfg, given[0]):g}: too far outside the fit's range to compute "
+                        f"(it was fitted on 70M-16B parameters and 5B-500B tokens; this answers for "
+                        f"{PARAMS_RANGE[0]:.0e}-{PARAMS_RANGE[1]:.0e} parameters and {TOKENS_RANGE[0]:.0e}-"
+                        f"{TOKENS_RANGE[1]:.0e} tokens)")
     out = {"flops": c, "params": n, "tokens": d, "tokens_per_param": d / n, "predicted_loss": loss(n, d),
            "steps": math.ceil(d / cfg.batch_tokens), "batch_tokens": cfg.batch_tokens,
            "shapes": [dict(zip(("n_layer", "n_head", "n_embd", "params"), s))
@@ -116,6 +123,8 @@ def plan(cfg):
 
 
 def fmt(x):
+    if abs(x) >= 1e15:
+        return f"{x:.3g}"
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.3g}{unit}"

@@ -154,8 +154,12 @@ def batches(items, max_chars=PIECE_CHARS, max_items=1024):
 _worker_tokenizer = None
 
 
-def _init_worker(meta):
+def _init_worker(meta, in_pool=True):
     global _worker_tokenizer
+    if in_pool:  # a worker process (not the main one tokenizing alone)
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # and ends the pool with SIGTERM, which must just end a worker
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
     _worker_tokenizer = tok.from_meta(meta)
 
@@ -179,7 +183,7 @@ def encode_batch(batch):
 def parallel_map(fn, items, num_proc, initargs):
     """map(fn, items) in num_proc processes, in order, with a bounded number of items in flight."""
     if num_proc <= 1:
-        _init_worker(*initargs)
+        _init_worker(*initargs, in_pool=False)
         yield from map(fn, items)
         return
     import multiprocessing as mp
@@ -223,6 +227,10 @@ def tokenize(items, path, meta, num_proc, stats, progress, limit=0):
             progress.update(len(arr))
             if limit and out.n >= limit:
                 break
+        if limit and out.n > limit:  # the last batch overshot (one long document is one batch): cut it exactly
+            f.truncate(limit * np.dtype(out.dtype).itemsize)
+            out.n = limit
+            out.ends = array("q", (e for e in out.ends if e <= limit))
     return out
 
 

@@ -25,6 +25,7 @@ from devices import inference_device
 from loading import describe, load_model
 
 SEPARATOR = "-" * 40
+MAX_TEMPERATURE = 1e6  # logits / temperature in float32: beyond this the distribution is uniform anyway
 
 
 @dataclass
@@ -70,7 +71,10 @@ def encode_prompt(tokenizer, text, block_size, warn=print):
 
 def unescape(s):
     """'\\n' typed on a command line -> a newline (and the other Python escapes), other text unchanged."""
-    return s.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    try:
+        return s.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as e:  # a lone trailing backslash, or \x without two hex digits
+        raise UserError(f"--stop {s!r}: {e.reason} (write a backslash as \\\\)") from None
 
 
 class Continuation:
@@ -155,16 +159,18 @@ def read_lines(inp):
         yield line.rstrip("\r\n")
 
 
-def sample(cfg, out=sys.stdout, info=None, inp=None):
+def sample(cfg, out=None, info=None, inp=None):
     """Write cfg.num_samples samples per prompt to `out`; return them as strings (prompt included)."""
     info = info or (lambda msg: print(msg, file=sys.stderr))
+    out = out or sys.stdout
     if cfg.num_samples < 1 or cfg.max_new_tokens < 0:
         raise UserError("num_samples must be at least 1 and max_new_tokens at least 0")
     if not 0 <= cfg.seed < 2**63:
         raise UserError(f"seed={cfg.seed}: must be in [0, 2**63)")
-    if not (0 <= cfg.temperature < float("inf")) or not 0 < cfg.top_p <= 1 or cfg.top_k < 0:
+    if not (0 <= cfg.temperature <= MAX_TEMPERATURE) or not 0 < cfg.top_p <= 1 or cfg.top_k < 0:
         raise UserError(f"temperature={cfg.temperature}, top_k={cfg.top_k}, top_p={cfg.top_p}: temperature must be "
-                        f">= 0, top_k >= 0 (0: no limit) and top_p in (0, 1] (1: off)")
+                        f"in [0, {MAX_TEMPERATURE:g}] (past it every token is equally likely), top_k >= 0 (0: no "
+                        f"limit) and top_p in (0, 1] (1: off)")
     stops = [unescape(s) for s in cfg.stop]
     if "" in stops:
         raise UserError("--stop: a stop string cannot be empty")
@@ -172,7 +178,8 @@ def sample(cfg, out=sys.stdout, info=None, inp=None):
         raise UserError("--interactive reads the prompts from stdin: leave out --start")
     prompts = read_lines(inp or sys.stdin) if cfg.interactive else [read_prompt(cfg.start)]
     device, ctx = inference_device(cfg.device, cfg.dtype)
-    model, tokenizer, path, meta = load_model(cfg.out_dir, device)
+    model, tokenizer, path, meta = load_model(cfg.out_dir, device, rows=cfg.num_samples, kv_cache=not cfg.no_kv_cache,
+                                              what=f"sampling {cfg.num_samples:,} samples at once")
     info(f"sampling from {describe(path, meta)}")
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     texts = []
@@ -185,15 +192,18 @@ def sample(cfg, out=sys.stdout, info=None, inp=None):
                 if not cfg.interactive:
                     raise
                 info(f"error: {e}")  # a prompt the tokenizer cannot encode: the session goes on
-    except KeyboardInterrupt:
-        if not cfg.interactive:
+    except KeyboardInterrupt as e:
+        if not cfg.interactive or getattr(e, "signum", 2) != 2:  # SIGTERM ends even a session: exit 143
             raise
         info("")  # Ctrl-C ends an interactive session cleanly
     return texts
 
 
 def main(argv=None):
-    sample(parse_args(SampleConfig, argv, prog="sample.py"))
+    cfg = parse_args(SampleConfig, argv, prog="sample.py")
+    if sys.stdout is None or sys.stdout.closed:  # started with stdout closed (>&-): nowhere to write samples
+        raise UserError("stdout is closed: there is nowhere to write the samples; redirect it to a file or a pipe")
+    sample(cfg, out=sys.stdout)
 
 
 if __name__ == "__main__":

@@ -132,10 +132,18 @@ class Source:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                except (RecursionError, ValueError) as e:  # nested past the parser's depth; a 5000-digit number
+                    why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:80]
+                    raise UserError(f"{path}:{n}: not a JSON record of text ({why})") from None
                 if not isinstance(record, dict) or column not in record:
-                    keys = list(record) if isinstance(record, dict) else type(record).__name__
+                    keys = list(record)[:10] if isinstance(record, dict) else type(record).__name__
                     raise UserError(f"{path}:{n}: no field '{column}' (found {keys}); choose one with --text_column")
-                yield str(record[column])
+                text = record[column]
+                if not isinstance(text, str):  # 5 or ["a"] would be tokenized as its repr: data that is not text
+                    shown = json.dumps(text)[:40]
+                    raise UserError(f"{path}:{n}: field '{column}' is {shown}, not a string: fix that line, or "
+                                    f"choose the field that holds the text with --text_column")
+                yield text
 
     def _hub_documents(self):
         """{'train': documents, 'val': documents or None} from the Hub (or the local datasets cache)."""
@@ -168,6 +176,9 @@ class Source:
                     raise UserError(f"{self.label} has no column '{column}' (columns: {list(batch)}); "
                                     f"choose one with --text_column")
                 for text in batch[column]:
+                    if text is not None and not isinstance(text, str):
+                        raise UserError(f"{self.label}: column '{column}' holds {type(text).__name__} values, not "
+                                        f"text; choose the column that holds the text with --text_column")
                     yield text or ""
         self.hub_val_split = val
         return {"train": lambda: docs("train"), "val": (lambda: docs(val)) if val else None}

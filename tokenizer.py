@@ -197,14 +197,29 @@ def _tokenizers():
 
 def from_meta(meta):
     """Rebuild a tokenizer from its description in meta.json or a checkpoint."""
-    kind = meta.get("kind")
+    import validate
+    if not isinstance(meta, dict) or meta.get("kind") not in ("gpt2", "char", "bpe"):
+        kind = meta.get("kind") if isinstance(meta, dict) else meta
+        raise UserError(f"unknown tokenizer kind {kind!r} (expected gpt2, char or bpe)")
+    validate.tokenizer_meta(meta, "the tokenizer description", "prepare the data (or train the model) again")
+    kind = meta["kind"]
     if kind == "gpt2":
-        return GPT2Tokenizer()
-    if kind == "char":
-        return CharTokenizer(meta["chars"])
-    if kind == "bpe":
-        return BPETokenizer(meta["json"])
-    raise UserError(f"unknown tokenizer kind {kind!r} (expected gpt2, char or bpe)")
+        t = GPT2Tokenizer()
+    elif kind == "char":
+        t = CharTokenizer(meta["chars"])
+    else:
+        try:
+            t = BPETokenizer(meta["json"])
+        except UserError:
+            raise
+        except Exception as e:  # tokenizers' own parse error: a damaged or foreign json
+            raise UserError(f"the bpe tokenizer's json cannot be read ({type(e).__name__}: {str(e)[:100]}): "
+                            f"prepare the data again") from None
+    if (t.vocab_size, t.eot_id) != (meta["vocab_size"], meta["eot_id"]):
+        raise UserError(f"the {kind} tokenizer description says vocab_size {meta['vocab_size']} and eot_id "
+                        f"{meta['eot_id']}, but the tokenizer it describes has {t.vocab_size} and {t.eot_id}: "
+                        f"prepare the data again")
+    return t
 
 
 def same_tokenizer(a, b):

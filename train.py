@@ -35,7 +35,7 @@ from devices import autocast, resolve_device, resolve_dtype
 from metrics import Metrics, Progress, estimate_mfu, slow_run_warning
 import model
 from model import GPT, GPTConfig
-from shards import check_tokens, read_meta, release_lock, shard_paths
+from shards import check_tokens, fingerprint, read_meta, release_lock, shard_paths
 
 
 @dataclass
@@ -58,6 +58,8 @@ class TrainConfig:
     wandb_project: str = "nanogpt"  # wandb project
     wandb_run_name: str = "run"  # wandb run name
     # data
+    check_data: str = "full"  # before the first step: full (every token id of every shard against the vocabulary, GB/s: docs/benchmarks.md), or sample (headers and 4096 tokens a shard)
+    allow_data_change: bool = False  # resume even though the dataset changed since the checkpoint (prepare.py --overwrite); never saved for later resumes
     dataset: str | dict = "tinystories"  # a folder under data_root made by prepare.py (or a path to one), or a mix: {'tinystories': 0.9, 'shakespeare': 0.1}
     data_root: str = "data"  # where prepared datasets live
     gradient_accumulation_steps: int = 40  # micro-batches per optimizer step, summed over all processes
@@ -172,6 +174,8 @@ def check_config(cfg):
     if cfg.eval_tasks_file and not os.path.isfile(cfg.eval_tasks_file):
         raise UserError(f"eval_tasks_file {cfg.eval_tasks_file} not found: HellaSwag's hellaswag_val.jsonl, or leave "
                         f"it empty to read the Hugging Face Hub")
+    if cfg.check_data not in ("full", "sample"):
+        raise UserError(f"check_data={cfg.check_data!r}: expected full or sample")
     if cfg.optimizer not in ("adamw", "muon"):
         raise UserError(f"optimizer={cfg.optimizer!r}: expected adamw or muon")
     if cfg.optimizer == "muon" and cfg.fsdp:
@@ -191,12 +195,17 @@ def load_resume(cfg, overrides):
         raise UserError(f"{path} holds weights only (a best.pt or an export), not a run's state: it cannot be "
                         f"resumed; sample or evaluate it, or fine-tune it from a Hugging Face export (export.py)")
     saved = ckpt["config"]
+    clash = [k for k in MODEL_KEYS if k != "pad_vocab_to" and k in saved and saved[k] != ckpt["model_args"].get(k, saved[k])]
+    if clash:  # a checkpoint edited by hand, or damaged in a way its checksum did not catch
+        raise UserError(f"{path} is inconsistent: its config says {clash[0]}={saved[clash[0]]!r}, its model_args "
+                        f"{ckpt['model_args'][clash[0]]!r}; resume from another checkpoint")
     for key in MODEL_KEYS + ("optimizer",):
         if key in overrides and key in saved and overrides[key] != saved[key]:
             raise UserError(f"cannot resume with {key}={overrides[key]}: the checkpoint in {cfg.out_dir} has "
                             f"{key}={saved[key]}")
     try:  # a checkpoint is data from a file: its config is checked like a command line
-        saved = check_types(TrainConfig, {k: v for k, v in saved.items() if k not in overrides})
+        saved = check_types(TrainConfig, {k: v for k, v in saved.items()
+                                          if k not in overrides and k != "allow_data_change"})  # asked each time
     except UserError as e:
         raise UserError(f"{path} has a malformed config: {e}") from None
     return ckpt, TrainConfig(**{**saved, **overrides})
@@ -317,6 +326,13 @@ class Trainer:
             raise UserError(f"dataset {cfg.dataset} uses tokenizer {a['kind']} (vocab {a['vocab_size']}), but the "
                             f"checkpoint was trained with {b['kind']} (vocab {b['vocab_size']}): resume on data "
                             f"prepared with the same tokenizer, or start from scratch")
+        self.data_fingerprint = [fingerprint(d) for d in self.data_dirs]
+        saved = ckpt.get("data_fingerprint") if ckpt is not None else None
+        if saved is not None and saved != self.data_fingerprint and not cfg.allow_data_change:
+            changed = [d for d, a, b in zip(self.data_dirs, saved, self.data_fingerprint) if a != b] or self.data_dirs
+            raise UserError(f"the data changed since {cfg.out_dir}/{checkpoint.CKPT} was written ({', '.join(changed)}: "
+                            f"its meta.json or shards differ, e.g. prepare.py --overwrite): resume on the same data, "
+                            f"or pass --allow_data_change=True to continue on the new data")
         hf_args, hf_state = {}, None
         if ckpt is None and cfg.init_from not in ("scratch", "auto"):  # fine-tune a Hugging Face GPT-2: it fixes the shape
             cfg, hf_args, hf_state = hf.init_from_hf(cfg.init_from, cfg, overrides, self.meta["tokenizer"])
@@ -397,7 +413,8 @@ class Trainer:
         cfg, vocab = self.cfg, self.model_args["vocab_size"]
         for split in ("train", "val"):
             for path in (p for d in self.data_dirs for p in shard_paths(d, split)):
-                check_tokens(path, vocab, whose="the model's")  # the header's largest id, and a sample of the data
+                # the header's largest id, and every token (or a sample): no id past the vocabulary reaches the model
+                check_tokens(path, vocab, sample=None if cfg.check_data == "full" else 4096, whose="the model's")
         if cfg.block_size > gpt_config.block_size:
             raise UserError(f"block_size={cfg.block_size} is longer than the model's position table "
                             f"({gpt_config.block_size})")
@@ -576,7 +593,11 @@ class Trainer:
             self.recover_to, self.rollbacks = None, 0
         improved = losses["val"] < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, losses["val"])
-        sample, task = self.eval_sample(), self.eval_task()
+        try:
+            sample, task = self.eval_sample(), self.eval_task()
+        except faults.Diverged as e:  # NaN shows first in a sample or a task score: the same policy as a bad eval
+            self.rollback(str(e))
+            return True
         if self.master:
             self.log_eval(losses, improved, sample, task)
         if cfg.eval_only:
@@ -619,6 +640,7 @@ class Trainer:
         if not hasattr(self, "task_examples"):  # read and tokenized once, at the first eval
             docs = hellaswag.load_docs(cfg.eval_tasks, cfg.eval_tasks_file, cfg.eval_tasks_examples)
             self.task_examples = hellaswag.encode(docs, tokenizer.from_meta(self.meta["tokenizer"]))[0]
+        faults.check_finite_model(self.raw_model)
         return hellaswag.score(self.raw_model, self.task_examples, cfg.batch_size, self.ctx, self.device)
 
     def eval_sample(self):
@@ -637,13 +659,15 @@ class Trainer:
             return None
         # a generator of its own: sampling must not move the training's random state
         g = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        faults.check_finite_model(self.raw_model)
         try:
             with self.ctx:
                 out = self.raw_model.generate([ids], cfg.sample_tokens, temperature=0.8, top_k=200, eot_id=t.eot_id,
                                               generator=g)
-        except UserError as e:  # non-finite probabilities: a sample is not worth the run; the losses tell
-            print(f"warning: no sample at step {self.iter_num}: {e}")
-            return None
+        except (RuntimeError, UserError) as e:  # finite weights, non-finite logits (an overflow): diverged too
+            if distributed.is_lost_process(e, self.world):  # FSDP: another process died mid-sample
+                raise
+            raise faults.Diverged(f"the eval sample failed ({str(e).splitlines()[0][:100]})") from None
         return cfg.sample_prompt + t.decode(out[0])
 
     # -- faults: bad steps, rollbacks, stop requests (policies in faults.py) ---------------------
@@ -670,6 +694,10 @@ class Trainer:
                             f"{faults.MAX_ROLLBACKS} times, each with half the learning rate; {path} is the last good "
                             f"checkpoint. Lower learning_rate, raise warmup_iters, or check the data")
         failed_at = self.iter_num
+        if not os.path.isfile(path):  # only when the very first eval failed: nothing to go back to
+            raise UserError(f"training failed ({why} at step {self.iter_num}) before its first checkpoint: the "
+                            f"model is not usable from the start; check --init_from and the data, or lower "
+                            f"learning_rate")
         self.load_state_dict(checkpoint.load(path, shards=()))
         self.rollbacks = rollbacks
         self.recover_to = self.val_loss  # None for checkpoints from before val_loss was saved: no check
@@ -705,7 +733,7 @@ class Trainer:
         state = {**({} if sharded else {"model": distributed.model_state(self.raw_model)}),
                  "model_args": self.model_args, "config": config_dict(self.cfg), "tokenizer": self.meta["tokenizer"],
                  "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss,
-                 "evaluated_at": self.evaluated_at}
+                 "evaluated_at": self.evaluated_at, "data_fingerprint": self.data_fingerprint}
         if full:
             rng = {"torch": distributed.gather(torch.get_rng_state(), self.world)}
             if self.device_type == "cuda":

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+import bench as bench_script
 import checkpoint
 import eval as eval_script
 import export as export_script
@@ -19,7 +20,7 @@ import train as train_script
 from conftest import assert_one_line_error, run_main, snapshot, tiny_train_config
 
 SCRIPTS = {"train": train_script.main, "sample": sample_script.main, "eval": eval_script.main,
-           "export": export_script.main}
+           "export": export_script.main, "bench": bench_script.main}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,21 @@ def copy_run(run_dir, tmp, edit=None):
 
 def resume(run, *extra):
     return ["--init_from=resume", f"--out_dir={run}", *extra]
+
+
+def weights(fn):
+    """An edit of a checkpoint that replaces its first weight matrix by fn(it)."""
+    def edit(k):
+        name = "transformer.wte.weight"
+        k["model"][name] = fn(k["model"][name])
+    return edit
+
+
+def sample_ckpt(d):
+    return [f"--out_dir={d / 'ckpt.pt'}", "--max_new_tokens=2", "--num_samples=1"]
+
+
+HS_OK = {"activity_label": "Cooking", "ctx_a": "A man", "ctx_b": "cuts", "endings": ["a", "b", "c", "d"], "label": 0}
 
 
 def damaged(path):
@@ -195,6 +211,93 @@ CASES = {
     "export under a read-only parent": ("export", lambda c: (
         c.monkeypatch.setattr("os.makedirs", raising(errno.EACCES)) or
         [f"--out_dir={c.run}", f"--hf_dir={c.tmp / 'hf'}"], ["Permission denied"])),
+    # reading: everything read is checked before anything is built (validate.py)
+    "hf config.json with n_head 0": ("sample", lambda c: (
+        [f"--out_dir={c.hf(config={'n_head': 0})}"], ["config.json", "n_head=0"])),
+    "hf config.json with a number as a string": ("sample", lambda c: (
+        [f"--out_dir={c.hf(config={'n_embd': '32'})}"], ["config.json", "n_embd='32'", "not an integer"])),
+    "hf config.json with null": ("sample", lambda c: (
+        [f"--out_dir={c.hf(config={'n_layer': None})}"], ["config.json", "n_layer=None"])),
+    "hf config.json with a list": ("sample", lambda c: (
+        [f"--out_dir={c.hf(config={'vocab_size': [66]})}"], ["config.json", "vocab_size=[66]"])),
+    "hf config.json that is a list": ("sample", lambda c: (
+        [f"--out_dir={c.hf(whole=[1, 2])}"], ["config.json", "not an object"])),
+    "hf nanogpt.json with pad_vocab_to -5": ("sample", lambda c: (
+        [f"--out_dir={c.hf(sidecar={'pad_vocab_to': -5})}"], ["nanogpt.json", "pad_vocab_to=-5"])),
+    "hf nanogpt.json with a short char table": ("sample", lambda c: (
+        [f"--out_dir={c.hf(sidecar=lambda m: m['tokenizer'].update(chars=m['tokenizer']['chars'][:10]))}"],
+        ["nanogpt.json", "vocab_size"])),
+    "fine-tune from an hf dir with n_head 0": ("train", lambda c: (
+        [*train_args(c.data, c.tmp / "o"), f"--init_from={c.hf(config={'n_head': 0})}"], ["config.json", "n_head=0"])),
+    "hf dir with NaN weights": ("sample", lambda c: ([f"--out_dir={c.hf(nan=True)}"], ["NaN or infinite"])),
+    "checkpoint with NaN weights": ("sample", lambda c: (
+        sample_ckpt(copy_run(c.run, c.tmp, weights(lambda w: w.index_fill(0, torch.tensor([1]), float("nan"))))),
+        ["transformer.wte.weight", "NaN or infinite"])),
+    "checkpoint with inf weights": ("eval", lambda c: (
+        [f"--out_dir={copy_run(c.run, c.tmp, weights(lambda w: w * float('inf'))) / 'ckpt.pt'}"], ["NaN or infinite"])),
+    "checkpoint with int64 weights": ("sample", lambda c: (
+        sample_ckpt(copy_run(c.run, c.tmp, weights(lambda w: w.long()))), ["int64", "float32"])),
+    "checkpoint with int8 weights": ("export", lambda c: (
+        [f"--out_dir={copy_run(c.run, c.tmp, weights(lambda w: w.to(torch.int8))) / 'ckpt.pt'}",
+         f"--hf_dir={c.tmp / 'hf'}"], ["int8"])),
+    "checkpoint with complex weights": ("sample", lambda c: (
+        sample_ckpt(copy_run(c.run, c.tmp, weights(lambda w: w.to(torch.complex64)))), ["complex64"])),
+    "checkpoint with a tokenizer that is a string": ("sample", lambda c: (
+        sample_ckpt(copy_run(c.run, c.tmp, lambda k: k.update(tokenizer="char"))), ["tokenizer", "not an object"])),
+    "checkpoint whose char table is shorter than its vocabulary": ("sample", lambda c: (
+        sample_ckpt(copy_run(c.run, c.tmp, lambda k: k["tokenizer"].update(chars=k["tokenizer"]["chars"][:10]))),
+        ["tokenizer", "vocab_size", "char table of 10"])),
+    "checkpoint with n_head 0 in model_args": ("sample", lambda c: (
+        sample_ckpt(copy_run(c.run, c.tmp, lambda k: k["model_args"].update(n_head=0))), ["model_args", "n_head=0"])),
+    "checkpoint with a string n_layer": ("train", lambda c: (
+        resume(copy_run(c.run, c.tmp, lambda k: k["model_args"].update(n_layer="2"))), ["model_args", "n_layer='2'"])),
+    "crafted checkpoint claiming 1.2B parameters": ("sample", lambda c: (
+        [f"--out_dir={c.crafted()}"], ["claims", "crafted or damaged"])),
+    "a million samples at once": ("sample", lambda c: (
+        [f"--out_dir={c.run}", f"--num_samples={10**8}"], ["out of memory", "--num_samples"])),
+    "eval batch too large": ("eval", lambda c: (
+        [f"--out_dir={c.run}", f"--batch_size={10**7}"], ["out of memory", "--batch_size"])),
+    "a few ids above the header's largest": ("train", lambda c: (
+        train_args(c.data_with_a_bad_shard(run=3), c.tmp / "o"), ["train_000000.bin", "above the largest id"])),
+    "eval on a shard with a few bad ids": ("eval", lambda c: (
+        [f"--out_dir={c.run}", f"--data_root={c.data_with_a_bad_shard(run=3, split='val')}"],
+        ["val_000000.bin", "above the largest id"])),
+    "hellaswag endings that are numbers": ("eval", lambda c: (
+        c.task({**HS_OK, "endings": [1, 2, 3, 4]}), ["hs.jsonl line 1", "endings"])),
+    "hellaswag four empty endings": ("eval", lambda c: (
+        c.task({**HS_OK, "endings": ["", " ", "", ""]}), ["hs.jsonl line 1", "endings", "non-empty"])),
+    "hellaswag label 7": ("eval", lambda c: (c.task({**HS_OK, "label": 7}), ["hs.jsonl line 1", "label=7"])),
+    "hellaswag label true": ("eval", lambda c: (c.task({**HS_OK, "label": True}), ["hs.jsonl line 1", "label=True"])),
+    "hellaswag ctx that is a list": ("eval", lambda c: (c.task({**HS_OK, "ctx_a": ["A"]}), ["hs.jsonl line 1", "ctx_a"])),
+    "hellaswag invalid UTF-8": ("eval", lambda c: (c.task(b'{"ctx_a": "caf\xe9"}'), ["hs.jsonl line 1", "not UTF-8"])),
+    "hellaswag deep nesting": ("eval", lambda c: (c.task(b"[" * 100000 + b"]" * 100000), ["hs.jsonl line 1", "nested"])),
+    "hellaswag bad line at train time": ("train", lambda c: (
+        [*train_args(c.data, c.tmp / "o"), "--eval_tasks=hellaswag",
+         f"--eval_tasks_file={c.task({**HS_OK, 'endings': [1, 2, 3, 4]})[-1].split('=', 1)[1]}"],
+        ["hs.jsonl line 1", "endings"])),
+    "config file that calls exit(0)": ("train", lambda c: (
+        [config_file(c.tmp, "import sys\nsys.exit(0)\n"), *train_args(c.data, c.tmp / "o")], ["config.py", "exit(0)"])),
+    "stop string of one backslash": ("sample", lambda c: ([f"--out_dir={c.run}", "--stop", "\\"], ["--stop"])),
+    "temperature beyond float32": ("sample", lambda c: ([f"--out_dir={c.run}", "--temperature=1e300"], ["temperature="])),
+    # writing: one writer, never through a symlink, never over what is not ours
+    "out_dir's lock is a symlink": ("train", lambda c: (
+        c.symlink(c.tmp / "o" / "train.lock") and train_args(c.data, c.tmp / "o"), ["train.lock", "symbolic link"])),
+    "export --overwrite over a folder that is not an export": ("export", lambda c: (
+        [f"--out_dir={c.run}", f"--hf_dir={c.data}", "--overwrite"], ["not an export of this program"])),
+    "export into the run folder": ("export", lambda c: (
+        [f"--out_dir={c.run}", f"--hf_dir={c.run}", "--overwrite"], ["holds a training run"])),
+    "export into a folder above the checkpoint": ("export", lambda c: (
+        [f"--out_dir={c.run / 'ckpt.pt'}", f"--hf_dir={c.run.parent}", "--overwrite"], ["holds the checkpoint"])),
+    "two exports into one folder": ("export", lambda c: (
+        c.hold(c.export_lock(c.tmp / "hf")) and [f"--out_dir={c.run}", f"--hf_dir={c.tmp / 'hf'}"],
+        ["another export.py", "process"])),
+    "export onto a full disk (SafetensorError)": ("export", lambda c: (
+        c.monkeypatch.setattr("safetensors.torch.save_file", c.safetensors_full) or
+        [f"--out_dir={c.run}", f"--hf_dir={c.tmp / 'hf'}"], ["cannot write the export", "is as it was"])),
+    "checkpoint write onto a full disk": ("train", lambda c: (
+        c.full_disk("ckpt.pt.tmp") or train_args(c.data, c.tmp / "o"), ["cannot write checkpoint", "No space left"])),
+    "bench prepare into an existing folder with a mistyped input": ("bench", lambda c: (
+        ["prepare", f"--input={c.tmp / 'nope.txt'}", f"--work_dir={c.data}"], ["nope.txt", "not found"])),
 }
 
 
@@ -223,17 +326,97 @@ class Context:
         damaged(d / "ckpt.pt")
         return d
 
-    def data_with_a_bad_shard(self):
+    def data_with_a_bad_shard(self, run=2000, split="train"):
         """A copy of tiny_char whose train shard has a run of ids past its header's largest."""
         import numpy as np
         from shards import HEADER_BYTES
         root = self.tmp / "data"
         shutil.copytree(os.path.join(self.data, "tiny_char"), root / "tiny_char")
-        path = root / "tiny_char" / "train_000000.bin"
+        path = root / "tiny_char" / f"{split}_000000.bin"
         tokens = np.memmap(path, dtype=np.uint16, mode="r+", offset=HEADER_BYTES)
-        tokens[len(tokens) // 2:len(tokens) // 2 + 2000] = 60000
+        tokens[len(tokens) // 3 + 7:len(tokens) // 3 + 7 + run] = 60000
         tokens.flush()
         return root
+
+    def hf(self, config=None, sidecar=None, whole=None, nan=False):
+        """The tiny run exported to tmp/hf, then its config.json updated with `config` (or replaced by
+        `whole`), its nanogpt.json with `sidecar` (a dict, or a function that edits it), or NaN weights."""
+        import json
+        d = self.tmp / "hfdir"
+        export_script.export(export_script.ExportConfig(out_dir=str(self.run), hf_dir=str(d)), info=lambda m: None)
+        if config is not None or whole is not None:
+            c = json.loads((d / "config.json").read_text())
+            (d / "config.json").write_text(json.dumps(whole if whole is not None else {**c, **config}))
+        if sidecar is not None:
+            m = json.loads((d / "nanogpt.json").read_text())
+            m = sidecar(m) or m if callable(sidecar) else {**m, **sidecar}
+            (d / "nanogpt.json").write_text(json.dumps(m))
+        if nan:
+            from safetensors.torch import load_file, save_file
+            w = load_file(d / "model.safetensors")
+            w["transformer.h.0.mlp.c_fc.weight"][0, 0] = float("nan")
+            save_file(w, d / "model.safetensors")
+        return d
+
+    def crafted(self):
+        """A best.pt of a few KB whose model_args claim GPT-2 XL's 1.5B parameters, with stride-0 tensors of
+        exactly those shapes (a storage of one value each): nothing may be built from it."""
+        from model import GPT, GPTConfig
+        d = self.tmp / "crafted"
+        d.mkdir()
+        meta = checkpoint.load(str(self.run / "best.pt"))["tokenizer"]
+        args = dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, vocab_size=meta["vocab_size"], bias=True)
+        with torch.device("meta"):
+            shapes = GPT(GPTConfig(**args)).state_dict()
+        state = {k: torch.zeros(1).expand(v.shape) for k, v in shapes.items()}
+        torch.save({"model": state, "model_args": args, "tokenizer": meta, "iter_num": 1}, d / "best.pt")
+        assert (d / "best.pt").stat().st_size < 200_000
+        return d
+
+    def task(self, doc):
+        import json
+        (self.tmp / "hs.jsonl").write_bytes(doc if isinstance(doc, bytes) else (json.dumps(doc) + "\n").encode())
+        return [f"--out_dir={self.run}", "--task=hellaswag", f"--task_file={self.tmp / 'hs.jsonl'}"]
+
+    def symlink(self, at):
+        at.parent.mkdir(parents=True, exist_ok=True)
+        victim = self.tmp / "victim.txt"
+        victim.write_text("precious")
+        at.symlink_to(victim)
+        return True
+
+    def export_lock(self, hf_dir):
+        from shards import hold_lock
+        return hold_lock(str(hf_dir.parent / f".{hf_dir.name}.export.lock"), lambda h: h)
+
+    @staticmethod
+    def safetensors_full(tensors, path, metadata=None):
+        from safetensors import SafetensorError
+        with open(path, "wb") as f:
+            f.write(b"part")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    def full_disk(self, suffix):
+        import safeio
+        real = open
+
+        class Full:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+        self.monkeypatch.setattr(safeio, "open", lambda p, m="r", *a, **k: (
+            Full(real(p, m, *a, **k)) if str(p).endswith(suffix) else real(p, m, *a, **k)), raising=False)
 
     def pickled_run(self):
         d = self.tmp / "pickled"
@@ -267,4 +450,70 @@ def test_catalogue(case, data_root, run_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_the_catalogue_is_large_enough():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 100
+
+
+# ---------------------------------------------------------------------------------------------
+# signals: every command, SIGTERM or SIGINT at work, once or twice: one line, exit 128 + signal, no partial work
+
+def kill_self(signum, times=1):
+    """A function that sends this process `signum` (times times), then does what `real` does."""
+    def wrap(real):
+        def fn(*a, **k):
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+            return real(*a, **k)
+        return fn
+    return wrap
+
+
+def signal_cases():
+    import hf
+    import plan as plan_script
+    import prepare as prepare_script
+    import shards
+    return {
+        "prepare": (prepare_script.main, lambda c: ["--input", str(c.tmp / "in.txt"), "--tokenizer", "char",
+                                                     "--data_root", str(c.tmp / "data"), "--name", "x", "--num_proc", "1"],
+                    lambda c, s: c.monkeypatch.setattr(shards.ShardWriter, "write", kill_self(s)(shards.ShardWriter.write))),
+        "export": (export_script.main, lambda c: [f"--out_dir={c.run}", f"--hf_dir={c.tmp / 'hf'}"],
+                   lambda c, s: c.monkeypatch.setattr(hf, "to_hf", kill_self(s)(hf.to_hf))),
+        "eval": (eval_script.main, lambda c: [f"--out_dir={c.run}"],
+                 lambda c, s: c.monkeypatch.setattr(eval_script, "score", kill_self(s)(eval_script.score))),
+        "sample": (sample_script.main, lambda c: [f"--out_dir={c.run}", "--max_new_tokens=3"],
+                   lambda c, s: c.monkeypatch.setattr(sample_script, "generate", kill_self(s)(sample_script.generate))),
+        "plan": (plan_script.main, lambda c: ["--flops", "1e18"],
+                 lambda c, s: c.monkeypatch.setattr(plan_script, "optimal_for_flops",
+                                                    kill_self(s)(plan_script.optimal_for_flops))),
+        "train, twice": (train_script.main, lambda c: train_args(c.data, c.tmp / "o"),
+                         lambda c, s: (c.monkeypatch.setattr(train_script, "get_lr", kill_self(s)(train_script.get_lr)),
+                                       c.monkeypatch.setattr(checkpoint, "save", kill_self(s)(checkpoint.save)))),
+    }
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("name", ["prepare", "export", "eval", "sample", "plan", "train, twice"])
+def test_signals(name, signame, data_root, run_dir, tmp_path, monkeypatch, capsys, shakespeare_text):
+    import signal
+    signum = getattr(signal, signame)
+    cases = signal_cases()
+    main, argv, patch = cases[name]
+    (tmp_path / "in.txt").write_text(shakespeare_text[:5000])
+    c = Context(data_root, run_dir, tmp_path, monkeypatch)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = snapshot(data_root, run_dir, tmp_path)
+    try:
+        patch(c, signum)
+        code, out, err = run_main(main, argv(c), capsys)
+    finally:
+        monkeypatch.undo()
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert code == 128 + signum, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("interrupted" if signum == signal.SIGINT else f"stopped by {signame}"), err
+    after = snapshot(data_root, run_dir, tmp_path)
+    assert {p: after.get(p) for p in before} == before
+    hidden = [p for p in after if any(part.endswith((".partial", ".old", ".tmp")) for part in p.split(os.sep))]
+    assert not hidden, hidden  # partial work removed
+    assert not os.path.exists(tmp_path / "hf") and not os.path.exists(tmp_path / "data" / "x")

@@ -13,6 +13,7 @@ import pytest
 
 import plan
 import prepare as prep
+import safeio
 import shards
 import train
 from conftest import assert_one_line_error, run_main, snapshot
@@ -102,7 +103,7 @@ def disk_full(module, suffix, room=0):
 
         def fake_open(path, mode="r", *a, **k):
             f = real(path, mode, *a, **k)
-            return FullDisk(f, room) if str(path).endswith(suffix) and "w" in mode else f
+            return FullDisk(f, room) if str(path).endswith(suffix) and ("w" in mode or "x" in mode) else f
         mp.setattr(module, "open", fake_open, raising=False)
     return setup
 
@@ -132,6 +133,22 @@ def lock_held(name):
         f.flush()
         w.held.append(f)
     return setup
+
+
+def symlink(rel):
+    """rel is a symlink to tmp/victim.txt (which must stay as it is)."""
+    def setup(w, mp):
+        (w.tmp / "victim.txt").write_text("precious")
+        (w.tmp / rel).symlink_to(w.tmp / "victim.txt")
+    return setup
+
+
+def bad_ids(n):
+    """n token ids past the header's largest, a third of the way into the train shard."""
+    def change(b):
+        at = shards.HEADER_BYTES + 2 * (len(b) - shards.HEADER_BYTES) // 6
+        return b[:at] + b"\xff\xff" * n + b[at + 2 * n:]
+    return edit_shard(change)
 
 
 # --- the catalogue --------------------------------------------------------------------------------
@@ -168,6 +185,7 @@ PREPARE = [
     ("max-tokens-negative", A + ["--max_tokens", "-1"], None, ["--max_tokens -1"]),
     ("max-tokens-inf", A + ["--max_tokens", "1e400"], None, ["max_tokens", "integer"]),
     ("shard-tokens-0", A + ["--shard_tokens", "0"], None, ["--shard_tokens 0"]),
+    ("max-tokens-string-in-config", ["{tmp}/c.py"] + A, write("c.py", "max_tokens = '5000'\n"), ["max_tokens"]),
     ("num-proc-negative", A + ["--num_proc", "-1"], None, ["--num_proc -1"]),
     ("seed-negative", A + B + ["--seed", "-1"], None, ["--seed -1"]),
     ("bpe-vocab-0", A + ["--tokenizer", "bpe", "--vocab_size", "0"], None, ["--vocab_size 0"]),
@@ -189,11 +207,21 @@ PREPARE = [
     ("jsonl-no-field", ["--input", "{tmp}/d.jsonl"] + OVER, write("d.jsonl", '{"body": "ok"}\n'),
      ["d.jsonl:1: no field 'text'"]),
     ("jsonl-not-objects", ["--input", "{tmp}/d.jsonl"] + OVER, write("d.jsonl", '[1, 2]\n'), ["d.jsonl:1"]),
+    ("jsonl-text-a-number", ["--input", "{tmp}/d.jsonl"] + OVER, write("d.jsonl", '{"text": "ok"}\n{"text": 5}\n'),
+     ["d.jsonl:2", "field 'text' is 5, not a string"]),
+    ("jsonl-text-a-list", ["--input", "{tmp}/d.jsonl"] + OVER, write("d.jsonl", '{"text": ["a"]}\n'),
+     ["d.jsonl:1", "not a string"]),
+    ("jsonl-text-null", ["--input", "{tmp}/d.jsonl"] + OVER, write("d.jsonl", '{"text": null}\n'),
+     ["d.jsonl:1", "not a string"]),
+    ("jsonl-deep-nesting", ["--input", "{tmp}/d.jsonl"] + OVER, write("d.jsonl", "[" * 100000 + "]" * 100000 + "\n"),
+     ["d.jsonl:1", "nested too deeply"]),
+    ("lock-is-a-symlink", A + OVER, symlink("data/.old.lock"), [".old.lock", "symbolic link"]),
+    ("lock-is-a-folder", A + OVER, write("data/.old.lock/x", "mine"), [".old.lock", "is a folder"]),
     # the disk fills up: at each stage of the writing, the old dataset stays whole
     ("disk-full-tokenizing", A + OVER, disk_full(prep, ".flat"), ["no space left", "data/old is as it was"]),
-    ("disk-full-shards", A + OVER, disk_full(shards, ".bin.tmp", room=2000), ["no space left", "data/old is as it was"]),
-    ("disk-full-meta", A + OVER, disk_full(shards, "meta.json.tmp"), ["no space left", "data/old is as it was"]),
-    ("disk-full-new-name", A + ["--name", "new"], disk_full(shards, ".bin.tmp"), ["no space left", "nothing was written"]),
+    ("disk-full-shards", A + OVER, disk_full(safeio, ".bin.tmp", room=2000), ["no space left", "data/old is as it was"]),
+    ("disk-full-meta", A + OVER, disk_full(safeio, "meta.json.tmp"), ["no space left", "data/old is as it was"]),
+    ("disk-full-new-name", A + ["--name", "new"], disk_full(safeio, ".bin.tmp"), ["no space left", "nothing was written"]),
 ]
 
 PLAN = [
@@ -211,6 +239,9 @@ PLAN = [
     ("two-budgets", ["--flops", "1e18", "--tokens", "1e9"], None, ["exactly one of"]),
     ("batch-tokens-0", ["--flops", "1e18", "--batch_tokens", "0"], None, ["--batch_tokens 0"]),
     ("vocab-size-negative", ["--flops", "1e18", "--vocab_size", "-5"], None, ["--vocab_size -5"]),
+    ("tokens-1", ["--tokens", "1"], None, ["--tokens 1", "outside the fit"]),
+    ("params-1e30", ["--params", "1e30"], None, ["--params 1e+30", "outside the fit"]),
+    ("params-10", ["--params", "10"], None, ["--params 10", "outside the fit"]),
 ]
 
 TRAIN = ["--dataset", "old", "--data_root", "{root}", "--out_dir", "{tmp}/out", "--device", "cpu", "--n_layer", "1",
@@ -230,6 +261,15 @@ DAMAGED = [  # a prepared dataset damaged after the fact, as train.py (and eval.
      ["vocab_size and eot_id"]),
     ("meta-no-counts", meta_json(lambda m: {k: v for k, v in m.items() if k != "counts"}), ["'counts'"]),
     ("meta-other-version", meta_json(lambda m: {**m, "format_version": 2}), ["format_version 2", "reads 1"]),
+    ("meta-vocab-beside-char-table", meta_json(lambda m: {**m, "tokenizer": {**m["tokenizer"], "vocab_size": 1000}}),
+     ["vocab_size=1000", "char table"]),
+    ("meta-vocab-a-string", meta_json(lambda m: {**m, "tokenizer": {**m["tokenizer"], "vocab_size": "66"}}),
+     ["vocab_size"]),
+    ("meta-chars-a-list", meta_json(lambda m: {**m, "tokenizer": {**m["tokenizer"], "chars": list("ab")}}),
+     ["chars"]),
+    ("meta-negative-count", meta_json(lambda m: {**m, "counts": {**m["counts"], "train": {"tokens": -5}}}),
+     ["tokens=-5"]),
+    ("shard-three-ids-past-its-header", bad_ids(3), ["train_000000.bin is corrupt", "above the largest id"]),
     ("shard-other-version", edit_shard(lambda b: b[:4] + (2).to_bytes(4, "little") + b[8:]),
      ["train_000000.bin has shard format version 2"]),
     ("shard-truncated", edit_shard(lambda b: b[:-7]), ["train_000000.bin is truncated or corrupt"]),
@@ -280,3 +320,34 @@ def test_ctrl_c_mid_prepare_leaves_the_old_dataset_and_a_rerun_works(world, monk
     assert code == 0 and "wrote" in out
     assert sorted(os.listdir(world.root)) == ["old"]
     assert json.load(open(world.root / "old" / "meta.json"))["sources"][0]["inputs"] == [f"{world.inp}/b.txt"]
+
+
+def test_resume_on_changed_data_is_refused_unless_allowed(world, monkeypatch, capsys):
+    """prepare.py --overwrite replaced the dataset under a run: its resume says so in one line and changes
+    nothing; --allow_data_change=True continues on the new data (and is not inherited by a later resume)."""
+    monkeypatch.chdir(world.tmp)
+    args = [a.format(root="data", tmp=".") for a in TRAIN]
+    assert run_main(train.main, args, capsys)[0] == 0
+    code, _, _ = run_main(prep.main, ["--data_root", "data", "--num_proc", "1", "--tokenizer", "char", "--input",
+                                      "in/a.txt", "--name", "old", "--overwrite"], capsys)
+    assert code == 0
+    before = snapshot(".")
+    resume = ["--init_from=resume", "--out_dir=./out", "--max_iters=2"]
+    code, _, err = run_main(train.main, resume, capsys)
+    assert_one_line_error(code, err, "the data changed", "data/old", "--allow_data_change=True")
+    assert snapshot(".") == before
+    assert run_main(train.main, resume + ["--allow_data_change=True"], capsys)[0] == 0
+    import checkpoint
+    assert checkpoint.load("out/ckpt.pt")["config"]["allow_data_change"] is True
+    code, _, err = run_main(train.main, ["--init_from=resume", "--out_dir=./out", "--max_iters=3"], capsys)
+    assert code == 0  # the data is the one it now trained on
+
+
+def test_max_tokens_caps_a_single_document(world, monkeypatch, capsys):
+    monkeypatch.chdir(world.tmp)
+    code, out, err = run_main(prep.main, ["--data_root", "data", "--num_proc", "1", "--tokenizer", "char", "--input",
+                                          "in/a.txt", "--name", "capped", "--max_tokens", "1000"], capsys)
+    assert code == 0, err
+    meta = json.load(open("data/capped/meta.json"))
+    assert meta["counts"]["train"]["tokens"] == 1000 == meta["max_tokens"]
+    assert shards.read_header("data/capped/train_000000.bin")[1] == 1000

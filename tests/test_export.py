@@ -203,8 +203,12 @@ def test_hf_dir_that_exists_is_refused_unless_overwrite(runs, exported, tmp_path
     (target / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="already exists and is not empty.*--overwrite"):
         export(ExportConfig(out_dir=str(runs / "char"), hf_dir=str(target)))
+    with pytest.raises(UserError, match="not an export of this program.*nothing was written"):  # --overwrite: only
+        export(ExportConfig(out_dir=str(runs / "char"), hf_dir=str(target), overwrite=True))  # over an export
     assert os.listdir(target) == ["notes.txt"]
+    (target / "notes.txt").unlink()
     export(ExportConfig(out_dir=str(runs / "gpt2"), hf_dir=str(target), overwrite=True), info=lambda m: None)
+    (target / "notes.txt").write_text("mine")  # the user's file in an export folder
     export(ExportConfig(out_dir=str(runs / "char"), hf_dir=str(target), overwrite=True), info=lambda m: None)
     assert not (target / "vocab.json").exists()  # the earlier export's tokenizer files go, the user's file stays
     assert (target / "notes.txt").read_text() == "mine" and not (tmp_path / ".hf.partial").exists()
