@@ -101,15 +101,25 @@ def test_a_stream_closed_early_restores_the_training_mode():
     assert model.training
 
 
-def test_a_non_finite_sample_at_an_eval_is_a_warning_not_the_end_of_the_run(data_root, tmp_path, monkeypatch, capsys):
-    import generate
-    from conftest import tiny_train_config
-    from train import train
+def test_a_non_finite_sample_at_an_eval_is_divergence_rolled_back_then_one_line(data_root, tmp_path, monkeypatch):
+    """NaN that shows first in an eval's sample is treated as a bad eval: rolled back (with half the
+    learning rate) and, when it keeps coming, the one-line stop; never a traceback from sampling."""
+    import pytest
 
-    def broken(self, *args, **kwargs):
+    import generate
+    from configurator import UserError
+    from conftest import read_metrics, tiny_train_config
+    from train import train
+    real, calls = generate.Generation._steps, []
+
+    def broken_after_the_first(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # step 0's sample is fine: the first checkpoint is written
+            yield from real(self, *args, **kwargs)
+            return
         raise generate.non_finite_error(0.8, 1)
         yield
-    monkeypatch.setattr(generate.Generation, "_steps", broken)
-    result = train(tiny_train_config(data_root, tmp_path, max_iters=4, eval_interval=2, sample_tokens=5))
-    assert result["iter_num"] == 4
-    assert "warning: no sample at step 2: the model's next-token probabilities are not finite" in capsys.readouterr().out
+    monkeypatch.setattr(generate.Generation, "_steps", broken_after_the_first)
+    with pytest.raises(UserError, match="training keeps failing"):
+        train(tiny_train_config(data_root, tmp_path, max_iters=4, eval_interval=2, sample_tokens=5))
+    assert any("rollback_from" in e for e in read_metrics(tmp_path))
