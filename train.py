@@ -588,16 +588,22 @@ class Trainer:
             self.rollback(f"val loss {losses['val']:.4f}" + (f", worse than {self.recover_to:.4f} at the checkpoint"
                                                              if self.recover_to is not None else ""))
             return True
+        diverged = None
+        try:
+            sample, task = self.eval_sample(), self.eval_task()
+        except faults.Diverged as e:  # NaN shows first in a sample or a task score: the same policy as a bad eval
+            diverged, sample, task = str(e), None, None
+        diverged = distributed.agree(diverged, self.world)  # under DDP only rank 0 samples: all must roll back
+        if diverged is not None:
+            if cfg.eval_only:
+                raise faults.Diverged(diverged)
+            self.rollback(diverged)  # before the eval counts as back on track: the rollbacks keep counting
+            return True
         self.evaluated_at, self.val_loss = self.iter_num, losses["val"]
         if self.recover_to is not None:  # back on track
             self.recover_to, self.rollbacks = None, 0
         improved = losses["val"] < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, losses["val"])
-        try:
-            sample, task = self.eval_sample(), self.eval_task()
-        except faults.Diverged as e:  # NaN shows first in a sample or a task score: the same policy as a bad eval
-            self.rollback(str(e))
-            return True
         if self.master:
             self.log_eval(losses, improved, sample, task)
         if cfg.eval_only:
