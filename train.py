@@ -559,16 +559,18 @@ class Trainer:
             self.rollback(f"val loss {losses['val']:.4f}" + (f", worse than {self.recover_to:.4f} at the checkpoint"
                                                              if self.recover_to is not None else ""))
             return True
+        try:  # before the run counts as back on track: a NaN may show first in the sample or the task score
+            sample, task = self.eval_sample(), self.eval_task()
+        except faults.Diverged as e:  # the same policy as a bad eval
+            if cfg.eval_only:
+                raise
+            self.rollback(str(e))
+            return True
         self.evaluated_at, self.val_loss = self.iter_num, losses["val"]
         if self.recover_to is not None:  # back on track
             self.recover_to, self.rollbacks = None, 0
         improved = losses["val"] < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, losses["val"])
-        try:
-            sample, task = self.eval_sample(), self.eval_task()
-        except faults.Diverged as e:  # NaN shows first in a sample or a task score: the same policy as a bad eval
-            self.rollback(str(e))
-            return True
         if self.master:
             self.log_eval(losses, improved, sample, task)
         if cfg.eval_only:
