@@ -172,6 +172,14 @@ CASES = {
         ["malformed config", "batch_size"])),
     "resume with an unknown model key": ("train", lambda c: (
         resume(copy_run(c.run, c.tmp, lambda k: k["model_args"].update(n_experts=8))), ["model_args", "n_experts"])),
+    "resume with a malformed loader state": ("train", lambda c: (
+        resume(copy_run(c.run, c.tmp, lambda k: k.update(loader={"epoch": "x"}))), ["ckpt.pt", "cannot restore"])),
+    "resume with a malformed rng state": ("train", lambda c: (
+        resume(copy_run(c.run, c.tmp, lambda k: k.update(rng={"torch": [torch.zeros(3)]}))), ["ckpt.pt", "cannot restore"])),
+    "resume with optimizer state of the wrong shape": ("train", lambda c: (
+        resume(copy_run(c.run, c.tmp, lambda k: k.update(optimizer={"state": 5}))), ["ckpt.pt", "cannot restore"])),
+    "resume with a config that contradicts model_args": ("train", lambda c: (
+        resume(copy_run(c.run, c.tmp, lambda k: k["config"].update(n_layer=3))), ["inconsistent", "n_layer"])),
     "resume with another n_layer": ("train", lambda c: (resume(c.run, "--n_layer=3"), ["n_layer=3"])),
     "resume with another optimizer": ("train", lambda c: (resume(c.run, "--optimizer=muon"), ["optimizer=muon"])),
     # sample.py
