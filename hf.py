@@ -377,6 +377,7 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source="", source_
                                                 "model_max_length": model_args["block_size"], **special}})
     parent, name = os.path.split(os.path.abspath(hf_dir))
     try:
+        os.makedirs(parent, exist_ok=True)  # the folder hf_dir goes in (hf_dir itself comes last)
         lock = hold_lock(os.path.join(parent, f".{name}.export.lock"), lambda holder: (
             f"another export.py (process {holder}) is writing {hf_dir}: wait for it to finish, or choose another "
             f"--hf_dir (nothing was written)"))
