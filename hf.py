@@ -187,7 +187,7 @@ def load_hf_gpt2(path):
     model_args = model_args_from_hf(validate.read_json(os.path.join(path, "config.json"), "export the model again"),
                                     path)
     hf_state = read_hf_weights(path)
-    validate.claimed_layers(model_args, hf_state, f"{path}/config.json", "export the model again")
+    validate.claimed_layers(model_args, hf_state, path, "export the model again", config="its config.json")
     head = hf_state.pop("lm_head.weight", None) if model_args["tie_embeddings"] else None
     problem = state_dict_mismatch(to_hf(_shapes(model_args), model_args), hf_state)
     if problem is None and head is not None and not torch.equal(head, hf_state["transformer.wte.weight"]):
