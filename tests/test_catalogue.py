@@ -560,3 +560,16 @@ def test_the_first_eval_failing_stops_in_one_line(data_root, tmp_path, monkeypat
     monkeypatch.setattr(train_script, "evaluate", lambda *a, **k: {"train": float("nan"), "val": float("nan")})
     code, out, err = run_main(train_script.main, train_args(data_root, tmp_path / "o"), capsys)
     assert_one_line_error(code, err, "before its first checkpoint")
+
+
+def test_bench_prepare_in_an_existing_folder_leaves_it_as_it_was(tmp_path, capsys):
+    """--work_dir names a folder of the user's: bench.py works in a scratch folder it makes inside, and
+    removes only that."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    before = snapshot(str(mine))
+    code, out, err = run_main(bench_script.main, ["prepare", f"--work_dir={mine}", "--megabytes=0.02", "--workers=[1]",
+                                                  "--repeats=1", "--baseline=False", "--memory=False"], capsys)
+    assert code == 0, err
+    assert snapshot(str(mine)) == before and os.listdir(mine) == ["notes.txt"]
