@@ -112,10 +112,11 @@ def os_error(e):
     import errno
     what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
     advice = {errno.ENOSPC: "free some space or write elsewhere; files already complete were left as they were",
-              errno.EDQUOT: "free some space or write elsewhere",
-              errno.EACCES: "check the folder's permissions, or choose another path",
-              errno.EROFS: "choose a path on a writable file system",
-              errno.EPERM: "check the permissions, or choose another path"}.get(e.errno)
+              errno.EDQUOT: "over the disk quota: free some space or write elsewhere; files already complete were left "
+                            "as they were",
+              errno.EACCES: "check the folder's permissions, or choose another path; nothing there was changed",
+              errno.EROFS: "choose a path on a writable file system; nothing there was changed",
+              errno.EPERM: "check the permissions, or choose another path; nothing there was changed"}.get(e.errno)
     return f"{what} ({advice})" if advice else what
 
 

@@ -187,7 +187,7 @@ def load_hf_gpt2(path):
     model_args = model_args_from_hf(validate.read_json(os.path.join(path, "config.json"), "export the model again"),
                                     path)
     hf_state = read_hf_weights(path)
-    validate.claimed_layers(model_args, hf_state, f"{path}/config.json", "export the model again")
+    validate.claimed_layers(model_args, hf_state, path, "export the model again", config="its config.json")
     head = hf_state.pop("lm_head.weight", None) if model_args["tie_embeddings"] else None
     problem = state_dict_mismatch(to_hf(_shapes(model_args), model_args), hf_state)
     if problem is None and head is not None and not torch.equal(head, hf_state["transformer.wte.weight"]):
@@ -377,6 +377,7 @@ def export_hf(model, tokenizer_meta, hf_dir, overwrite=False, source="", source_
                                                 "model_max_length": model_args["block_size"], **special}})
     parent, name = os.path.split(os.path.abspath(hf_dir))
     try:
+        os.makedirs(parent, exist_ok=True)  # the folder hf_dir goes in (hf_dir itself comes last)
         lock = hold_lock(os.path.join(parent, f".{name}.export.lock"), lambda holder: (
             f"another export.py (process {holder}) is writing {hf_dir}: wait for it to finish, or choose another "
             f"--hf_dir (nothing was written)"))

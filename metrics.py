@@ -41,10 +41,8 @@ class Metrics:
         self.png = os.path.join(out_dir, "loss.png")
         # a resumed run redoes the steps after its checkpoint: drop what the old run logged for them
         kept = [e for e in read_events(self.path) if e.get("iter", 0) <= resume_iter] if resume_iter is not None else []
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(e) + "\n" for e in kept)
-        os.replace(tmp, self.path)
+        import safeio  # the one writer: temp file (never through a symlink), fsync, rename
+        safeio.write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
         self.f = open(self.path, "a")
         self.wandb = init_wandb(wandb_config, out_dir) if wandb_config is not None else None
 

@@ -176,6 +176,8 @@ def sample(cfg, out=None, info=None, inp=None):
         raise UserError("--stop: a stop string cannot be empty")
     if cfg.interactive and cfg.start:
         raise UserError("--interactive reads the prompts from stdin: leave out --start")
+    if cfg.interactive and inp is None and (sys.stdin is None or sys.stdin.closed):
+        raise UserError("--interactive reads the prompts from stdin, but stdin is closed: give it a terminal or a file")
     prompts = read_lines(inp or sys.stdin) if cfg.interactive else [read_prompt(cfg.start)]
     device, ctx = inference_device(cfg.device, cfg.dtype)
     model, tokenizer, path, meta = load_model(cfg.out_dir, device, rows=cfg.num_samples, kv_cache=not cfg.no_kv_cache,

@@ -124,7 +124,7 @@ class Source:
         self.bad_utf8[path] = 0
         with open(path, "rb") as f:  # line by line: memory does not grow with the file
             for n, raw in enumerate(f, 1):
-                line, bad = decode_utf8(raw)
+                line, bad = decode_utf8(raw[3:] if n == 1 and raw.startswith(b"\xef\xbb\xbf") else raw)  # a BOM
                 self.bad_utf8[path] += bad
                 if not line.strip():
                     continue

@@ -387,7 +387,12 @@ class Trainer:
         self.recover_to = None  # after a rollback: the val loss the run must get back to before saving again
         self.loader_state = self.loader.state_dict()
         if ckpt is not None:
-            self.load_state_dict(ckpt)
+            try:  # the run's parts in the checkpoint are data from a file: a malformed one is one line
+                self.load_state_dict(ckpt)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+                raise UserError(f"{cfg.out_dir}/{checkpoint.CKPT} holds a run state this code cannot restore "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): resume "
+                                f"from another checkpoint (ckpt_NNNNNNN.pt), or start again") from None
         self.start_iter = self.iter_num
         self.micro_steps = cfg.gradient_accumulation_steps // self.world
         self.tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size

@@ -249,7 +249,7 @@ def tensors(state, expected, where, fix, finite=True):
                             f"was damaged)")
 
 
-def claimed_layers(args, state, where, fix, prefix="transformer.h."):
+def claimed_layers(args, state, where, fix, prefix="transformer.h.", config="the model config saved with them"):
     """The layer count and width model_args claim against the tensors a file holds, before any model (even
     on the meta device, whose cost grows with the layers) is built from the claim."""
     import re
@@ -258,13 +258,13 @@ def claimed_layers(args, state, where, fix, prefix="transformer.h."):
     layers = {int(m.group(1)) for k in state if isinstance(k, str) and (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
     n_layer = args.get("n_layer", 12)
     if layers != set(range(n_layer)):
-        raise UserError(f"{where}: the weights do not match the model config saved with them: n_layer={n_layer}, "
-                        f"but the file holds {len(layers)} layers")
+        raise UserError(f"{where}: the weights do not match {config}: n_layer={n_layer}, but the file holds "
+                        f"{len(layers)} layers")
     wte = state.get("transformer.wte.weight")
     n_embd = args.get("n_embd", 768)
     if hasattr(wte, "shape") and (len(wte.shape) != 2 or wte.shape[1] != n_embd):
-        raise UserError(f"{where}: the weights do not match the model config saved with them: n_embd={n_embd}, "
-                        f"but transformer.wte.weight has shape {tuple(wte.shape)}")
+        raise UserError(f"{where}: the weights do not match {config}: transformer.wte.weight has shape "
+                        f"{tuple(wte.shape)} where the config implies n_embd={n_embd}")
 
 
 def storage_bytes(obj, path):

@@ -32,7 +32,7 @@ def run_dir(data_root, tmp_path_factory):
 
 
 def train_args(data_root, out_dir, **kw):
-    cfg, default = tiny_train_config(data_root, out_dir, max_iters=2, **kw), train_script.TrainConfig()
+    cfg, default = tiny_train_config(data_root, out_dir, **{"max_iters": 2, **kw}), train_script.TrainConfig()
     return [f"--{k}={v}" for k, v in vars(cfg).items() if v != getattr(default, k)]
 
 
@@ -172,6 +172,14 @@ CASES = {
         ["malformed config", "batch_size"])),
     "resume with an unknown model key": ("train", lambda c: (
         resume(copy_run(c.run, c.tmp, lambda k: k["model_args"].update(n_experts=8))), ["model_args", "n_experts"])),
+    "resume with a malformed loader state": ("train", lambda c: (
+        resume(copy_run(c.run, c.tmp, lambda k: k.update(loader={"epoch": "x"}))), ["ckpt.pt", "cannot restore"])),
+    "resume with a malformed rng state": ("train", lambda c: (
+        resume(copy_run(c.run, c.tmp, lambda k: k.update(rng={"torch": [torch.zeros(3)]}))), ["ckpt.pt", "cannot restore"])),
+    "resume with optimizer state of the wrong shape": ("train", lambda c: (
+        resume(copy_run(c.run, c.tmp, lambda k: k.update(optimizer={"state": 5}))), ["ckpt.pt", "cannot restore"])),
+    "resume with a config that contradicts model_args": ("train", lambda c: (
+        resume(copy_run(c.run, c.tmp, lambda k: k["config"].update(n_layer=3))), ["inconsistent", "n_layer"])),
     "resume with another n_layer": ("train", lambda c: (resume(c.run, "--n_layer=3"), ["n_layer=3"])),
     "resume with another optimizer": ("train", lambda c: (resume(c.run, "--optimizer=muon"), ["optimizer=muon"])),
     # sample.py
@@ -279,6 +287,8 @@ CASES = {
         [config_file(c.tmp, "import sys\nsys.exit(0)\n"), *train_args(c.data, c.tmp / "o")], ["config.py", "exit(0)"])),
     "stop string of one backslash": ("sample", lambda c: ([f"--out_dir={c.run}", "--stop", "\\"], ["--stop"])),
     "temperature beyond float32": ("sample", lambda c: ([f"--out_dir={c.run}", "--temperature=1e300"], ["temperature="])),
+    "stdout closed": ("sample", lambda c: (
+        c.monkeypatch.setattr("sys.stdout", None) or [f"--out_dir={c.run}"], ["stdout is closed"])),
     # writing: one writer, never through a symlink, never over what is not ours
     "out_dir's lock is a symlink": ("train", lambda c: (
         c.symlink(c.tmp / "o" / "train.lock") and train_args(c.data, c.tmp / "o"), ["train.lock", "symbolic link"])),
@@ -517,3 +527,49 @@ def test_signals(name, signame, data_root, run_dir, tmp_path, monkeypatch, capsy
     hidden = [p for p in after if any(part.endswith((".partial", ".old", ".tmp")) for part in p.split(os.sep))]
     assert not hidden, hidden  # partial work removed
     assert not os.path.exists(tmp_path / "hf") and not os.path.exists(tmp_path / "data" / "x")
+
+
+def test_a_tiny_top_p_with_a_huge_temperature_samples(run_dir, capsys):
+    """top_p rounds to 0 in float32 and the temperature flattens the logits to one value: the most likely
+    token still stays, so sampling works instead of drawing from no token at all."""
+    code, out, err = run_main(sample_script.main, [f"--out_dir={run_dir}", "--top_p=1e-300", "--temperature=1e6",
+                                                   "--num_samples=2", "--max_new_tokens=5"], capsys)
+    assert code == 0, err
+
+
+def test_a_nan_that_shows_first_in_the_eval_sample_rolls_back_then_stops(data_root, tmp_path, monkeypatch, capsys):
+    """The weights turn NaN while the val loss still looks fine: the eval sample is where it shows, and it
+    takes the same path as a bad eval (roll back with half the learning rate; after the fifth, one line)."""
+    real, calls = train_script.evaluate, [0]
+
+    def evaluate(model, *a, **k):
+        out = real(model, *a, **k)
+        calls[0] += 1
+        if calls[0] > 1:  # after the step-0 eval (whose checkpoint is the rollback target)
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return out
+    monkeypatch.setattr(train_script, "evaluate", evaluate)
+    code, out, err = run_main(train_script.main, train_args(data_root, tmp_path / "o", sample_tokens=4,
+                                                            max_iters=4, eval_interval=2), capsys)
+    assert_one_line_error(code, err, "training keeps failing", "not finite", "ckpt.pt is the last good checkpoint")
+    assert out.count("rolled back to step 0") == 5
+
+
+def test_the_first_eval_failing_stops_in_one_line(data_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_script, "evaluate", lambda *a, **k: {"train": float("nan"), "val": float("nan")})
+    code, out, err = run_main(train_script.main, train_args(data_root, tmp_path / "o"), capsys)
+    assert_one_line_error(code, err, "before its first checkpoint")
+
+
+def test_bench_prepare_in_an_existing_folder_leaves_it_as_it_was(tmp_path, capsys):
+    """--work_dir names a folder of the user's: bench.py works in a scratch folder it makes inside, and
+    removes only that."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    before = snapshot(str(mine))
+    code, out, err = run_main(bench_script.main, ["prepare", f"--work_dir={mine}", "--megabytes=0.02", "--workers=[1]",
+                                                  "--repeats=1", "--baseline=False", "--memory=False"], capsys)
+    assert code == 0, err
+    assert snapshot(str(mine)) == before and os.listdir(mine) == ["notes.txt"]

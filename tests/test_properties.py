@@ -204,7 +204,10 @@ HS_PATHS = [(k,) for k in HS] + [("endings", "0")]
 @given(path=st.sampled_from(HS_PATHS), value=st.one_of(values, json_values))
 def test_any_hellaswag_field(world, capsys, path, value):
     count("hellaswag")
-    doc = mutate(HS, path, value) if path != ("endings", "0") else {**HS, "endings": [value, "b", "c", "d"]}
+    if path == ("endings", "0"):
+        doc = {**HS, "endings": ["b", "c", "d"] if value is DELETE else [value, "b", "c", "d"]}
+    else:
+        doc = mutate(HS, path, value)
     tmp = world["tmp"] / "hs_property"
     tmp.mkdir(exist_ok=True)
     (tmp / "hs.jsonl").write_text(json.dumps(HS) + "\n" + json.dumps(doc, allow_nan=True) + "\n")
