@@ -686,6 +686,7 @@ MEASURES = {
     "sample": "generation: tokens/s with the KV cache and with full recomputation",
     "prepare": "tokenization: tokens/s with 1 and N workers against a plain tiktoken loop; peak memory",
     "recipes": "each modern switch over seeds: val loss at equal steps and at equal time (docs/recipes.md)",
+    "checkpoint": "an FSDP state (GPT-2 124M shape, 2 CPU processes) saved and loaded gathered vs sharded: s, peak memory",
 }
 
 

@@ -253,7 +253,7 @@ def test_fine_tune_on_data_with_another_tokenizer(exported, data_root, tmp_path)
     assert not (tmp_path / "ckpt.pt").exists()
     with pytest.raises(UserError, match="cannot fine-tune with n_embd=64"):
         train(tiny_train_config(data_root, tmp_path, init_from=str(exported / "char"), n_embd=64), {"n_embd": 64})
-    with pytest.raises(UserError, match="expected scratch, resume, or a Hugging Face GPT-2 directory"):
+    with pytest.raises(UserError, match="expected scratch, resume, auto, or a Hugging Face GPT-2 directory"):
         train(tiny_train_config(data_root, tmp_path, init_from=str(tmp_path / "missing")))
 
 
