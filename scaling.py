@@ -43,8 +43,8 @@ class ScalingConfig:
     points: int = 5  # model sizes per budget (at least 3 for a parabola; the paper used about 9)
     span: float = 16.0  # largest / smallest N of a budget's ladder
     tokens_per_param: float = 20.0  # where a ladder is centred: D = this x N (Chinchilla's 20)
-    block_size: int = 128  # context length of every run
-    batch_size: int = 8  # sequences per micro-batch
+    block_size: int = 64  # context length of every run
+    batch_size: int = 16  # sequences per micro-batch
     gradient_accumulation_steps: int = 1  # micro-batches per step
     learning_rate: float = 1e-3  # peak rate at 384 wide; others scale it by 384 / n_embd (capped at max_lr)
     max_lr: float = 1e-2  # the cap of that rule
@@ -59,7 +59,9 @@ class ScalingConfig:
     device: str = "auto"  # passed to train.py: auto, cpu, cuda, mps
     dtype: str = "auto"  # passed to train.py
     compile: Optional[bool] = None  # passed to train.py (None: its default)
-    gpus: int = -1  # runs side by side, one per GPU (-1: all CUDA GPUs; 0: one after another)
+    gpus: int = -1  # runs side by side, one per GPU (-1: all CUDA GPUs; 0: none)
+    jobs: int = 1  # without GPUs: runs side by side on the CPU (1: one after another)
+    threads: int = 0  # CPU threads per run (OMP_NUM_THREADS; 0: torch's default). Tiny models on a busy CPU: 1
 
 
 def settings(cfg, vocab_size):
@@ -81,8 +83,9 @@ def check_options(cfg):
             raise UserError(f"--{key}={getattr(cfg, key)}: must be a positive number")
     if cfg.span <= 1:
         raise UserError(f"--span={cfg.span}: the ladder's largest N over its smallest must be more than 1")
-    if not 0 <= cfg.warmup < 1 or cfg.eval_interval < 0 or cfg.bootstrap < 0:
-        raise UserError("--warmup must be in [0, 1), --eval_interval and --bootstrap at least 0")
+    if not 0 <= cfg.warmup < 1 or cfg.eval_interval < 0 or cfg.bootstrap < 0 or cfg.threads < 0 or cfg.jobs < 1:
+        raise UserError("--warmup must be in [0, 1), --eval_interval, --bootstrap and --threads at least 0, "
+                        "--jobs at least 1")
     if not cfg.check_flops >= 0:
         raise UserError(f"--check_flops={cfg.check_flops}: must be a budget in FLOPs (0: no check)")
 
@@ -202,17 +205,24 @@ def gpu_count(cfg):
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def train_all(runs, bpt, gpus):
-    """All the runs: one after another, or side by side on gpus GPUs (a run per GPU at a time)."""
+def worker_envs(cfg, gpus):
+    """One environment per worker: a GPU each (CUDA_VISIBLE_DEVICES), or --jobs CPU workers."""
+    base = dict(os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}))
+    if gpus > 1:
+        return [dict(base, CUDA_VISIBLE_DEVICES=str(g)) for g in range(gpus)]
+    return [base] * max(1, cfg.jobs)
+
+
+def train_all(runs, bpt, envs):
+    """All the runs: one after another, or side by side, a worker per environment (one per GPU)."""
     todo = [r for r in runs if result_of(r["dir"]) is None]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done", flush=True)
-    if gpus <= 1:
-        return [train_one(r, bpt) for r in runs]
+    if len(envs) == 1:
+        return [train_one(r, bpt, envs[0]) for r in runs]
     results, errors, lock = {}, [], threading.Lock()
     queue = list(enumerate(runs))
 
-    def worker(gpu):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
+    def worker(env):
         while True:
             with lock:
                 if not queue or errors:
@@ -223,7 +233,7 @@ def train_all(runs, bpt, gpus):
             except BaseException as e:  # noqa: B036 -- handed to the main thread, which raises it
                 with lock:
                     errors.append(e)
-    threads = [threading.Thread(target=worker, args=(g,)) for g in range(gpus)]
+    threads = [threading.Thread(target=worker, args=(env,)) for env in envs]
     for t in threads:
         t.start()
     for t in threads:
@@ -245,7 +255,7 @@ def measured_optimum(results):
     return {"params": n, "loss": loss, "best_run": best["name"], "warning": warning}
 
 
-def check(cfg, st, fit, bpt, gpus, train_tokens):
+def check(cfg, st, fit, bpt, envs, train_tokens):
     """Train the predicted optimum at check_flops and a size each side; predicted against measured."""
     c = cfg.check_flops
     pred = sl.predict(fit, c)
@@ -258,7 +268,7 @@ def check(cfg, st, fit, bpt, gpus, train_tokens):
     runs = [planned_run(cfg, st, c, s, train_tokens) for s in shapes]
     print(f"check at {c:.3g} FLOPs: predicted optimum N {pred['params']:,.0f}, loss {pred['predicted_loss']:.4f}; "
           f"training {', '.join(r['name'] for r in runs)}", flush=True)
-    results = train_all(runs, bpt, gpus)
+    results = train_all(runs, bpt, envs)
     m = measured_optimum(results)
     pshape = sl.pick_shape(pred["params"], st["vocab_size"], cfg.block_size, args)
     at_pred = next(r for r in results if r["name"] == sl.shape_name(pshape))
@@ -299,15 +309,16 @@ def sweep(cfg):
     try:
         bpt = sl.bytes_per_token(data_dir)
         gpus = gpu_count(cfg)
+        envs = worker_envs(cfg, gpus)
         t0 = time.time()
         print(f"sweep of {len(budgets)} budgets in {cfg.out_dir}: {len(runs)} runs"
-              + (f" on {gpus} GPUs side by side" if gpus > 1 else ", one after another"), flush=True)
-        results = train_all(runs, bpt, gpus)
+              + (f" on {gpus} GPUs side by side" if gpus > 1 else f", {len(envs)} at a time"), flush=True)
+        results = train_all(runs, bpt, envs)
         fit = {"kind": "scaling_fit", "settings": st, "budgets": budgets, "runs": results,
                **sl.fit_all(results, cfg.bootstrap, cfg.seed), "bytes_per_token": bpt,
                "sweep_seconds": time.time() - t0}
         if cfg.check_flops:
-            fit["check"] = check(cfg, st, fit, bpt, gpus, train_tokens)
+            fit["check"] = check(cfg, st, fit, bpt, envs, train_tokens)
             write_json(os.path.join(cfg.out_dir, "check.json"), fit["check"])
         write_json(os.path.join(cfg.out_dir, "fit.json"), fit)
         sl.plot(fit, cfg.out_dir)
