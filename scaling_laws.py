@@ -280,13 +280,14 @@ def parametric_optimum(fit, c):
 # ---------------------------------------------------------------------------------------------
 # both fits, with bootstrap uncertainties
 
-def bootstrap(runs, samples=100, seed=0):
-    """Std of the exponents over resamples of the runs (with replacement, within each budget)."""
+def bootstrap(runs, samples=100, seed=0, full=None):
+    """Std of the exponents over resamples of the runs (with replacement, within each budget); each
+    resample's parametric fit starts from the full data's (full, fitted here if not given)."""
     rng = np.random.default_rng(seed)
     groups = [[r for r in runs if r["flops"] == c] for c in sorted({r["flops"] for r in runs})]
     iso, par = {"params": [], "tokens": []}, {k: [] for k in ("E", "A", "B", "alpha", "beta", "params_exponent",
                                                             "tokens_exponent")}
-    full = parametric_fit(*_columns(runs))
+    full = full or parametric_fit(*_columns(runs))
     start = [(math.log(full["A"]), math.log(full["B"]), math.log(full["E"]), full["alpha"], full["beta"])]
     for _ in range(samples):
         sample = [g[i] for g in groups for i in rng.integers(0, len(g), len(g))]
@@ -310,7 +311,7 @@ def fit_all(runs, samples=100, seed=0):
     """Fit (a) and fit (b) over the runs, each exponent with its bootstrap std."""
     iso = isoflop_fit(runs)
     par = parametric_fit(*_columns(runs))
-    iso_std, par_std = bootstrap(runs, samples, seed) if samples else ({}, {})
+    iso_std, par_std = bootstrap(runs, samples, seed, par) if samples else ({}, {})
     for key, law in (("params", "params_law"), ("tokens", "tokens_law")):
         if law in iso:
             iso[law]["exponent_std"] = iso_std.get(key)
