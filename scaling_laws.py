@@ -25,8 +25,8 @@ MAX_LAYERS = 16
 # (under 32) or two, from 64 heads 32 wide (n_head = n_embd / 32)
 WIDTHS = (8, 16, 24, 32, 40, 48, 56) + tuple(range(64, 2049, 32))
 ASPECT = (8, 128)  # n_embd / n_layer: the range GPT-2 and its descendants use (GPT-2 small: 64)
-PREFERRED_ASPECT = 32  # among shapes of about the same N (within TOLERANCE), the one nearest this
-TOLERANCE = 0.1
+PREFERRED_ASPECT = 16  # among shapes of about the same N (within TOLERANCE), the one nearest this: depth grows with width
+TOLERANCE = 0.3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,8 +67,9 @@ def candidate_shapes():
 
 
 def pick_shape(n, vocab_size, block_size, model_args=()):
-    """The shape whose N is nearest n: among those within 10% of it, the one with the aspect ratio nearest
-    32 (so a ladder's depth and width grow together), else simply the nearest."""
+    """The shape whose N is nearest n: among those within 30% of it (e^0.3), the one with the aspect ratio
+    nearest 16 (so a ladder's depth and width grow together: a 1-layer model between two 2-layer ones
+    trains worse than its size says), else simply the nearest."""
     scored = []
     for s in candidate_shapes():
         gap = abs(math.log(shape_params(s, vocab_size, block_size, model_args) / n))
