@@ -155,7 +155,7 @@ def plan_from_fit(cfg):
             "tokens_per_param": p["tokens"] / p["params"], "predicted_loss": p["predicted_loss"],
             "parametric": {k: p[f"parametric_{k}"] for k in ("params", "tokens", "loss")},
             "steps": math.ceil(p["tokens"] / batch), "batch_tokens": batch, "block_size": st["block_size"],
-            "fitted_flops": fitted, "extrapolation": c / fitted[1],
+            "fitted_flops": fitted, "extrapolation": c / fitted[1], "model_args": dict(model_args),
             "shape": {**scaling_laws.shape_args(shape),
                       "params": scaling_laws.shape_params(shape, st["vocab_size"], st["block_size"], model_args)}}
 
@@ -167,7 +167,8 @@ def print_fit_plan(p):
           f"law of {p['fit']}; its parametric law predicts val loss {p['predicted_loss']:.4f}")
     print(f"{p['steps']:,} steps of {p['batch_tokens']:,} tokens")
     print(f"shape: --n_layer={s['n_layer']} --n_head={s['n_head']} --n_embd={s['n_embd']} "
-          f"--block_size={p['block_size']}    {fmt(s['params'])} N")
+          f"--block_size={p['block_size']}" + "".join(f" --{k}={v}" for k, v in p["model_args"].items())
+          + f"    {fmt(s['params'])} N")
     q = p["parametric"]
     print(f"the parametric law's own optimum: {fmt(q['params'])} N on {fmt(q['tokens'])} tokens, loss {q['loss']:.4f}")
     lo, hi = p["fitted_flops"]
