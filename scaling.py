@@ -2,9 +2,9 @@
 Scaling laws measured on your own data: an IsoFLOP sweep, the Chinchilla paper's two fits, and a
 check of what they predict.
 
-    python scaling.py --dataset=shakespeare_char --flops=3e10,1e11,3e11 --out_dir=out/scaling
-    python scaling.py --dataset=shakespeare_char --flops=3e10,1e11,3e11 --out_dir=out/scaling --check_flops=1e12
-    python plan.py --fit=out/scaling/fit.json --flops=1e15
+    python scaling.py --dataset=shakespeare_char --flops=3e9,1e10,3e10 --check_flops=1e11 --block_size=32 \
+        --batch_size=16 --tokens_per_param=100 "--model_args={'pad_vocab_to': 1}" --threads=1   # 6 min, 2 CPU cores
+    python plan.py --fit=out/scaling/fit.json --flops=1e12
 
 For each budget C it trains a ladder of model shapes (at least 5 sizes, even in log N around the
 expected optimum), each for exactly the tokens C buys (C = 6 N D, N = model.py's FLOPs per token / 6),
