@@ -213,3 +213,62 @@ def test_a_fit_file_that_is_not_one_is_refused(tmp_path, content, fragment):
         path.write_text(content)
     with pytest.raises(UserError, match=fragment):
         sl.load_fit(str(path))
+
+
+def test_a_run_stopped_half_way_resumes_from_its_checkpoint_to_the_same_loss(data_root, tmp_path, in_process,
+                                                                            capsys, monkeypatch):
+    """A run cut short (its checkpoint half-way, no final eval) is resumed with --init_from=resume on the
+    next sweep and ends where an unbroken run ends."""
+    argv = TOY + [f"--data_root={data_root}", "--flops=1e8", "--points=3", "--bootstrap=0"]
+    assert run_main(scaling.main, argv + [f"--out_dir={tmp_path / 'whole'}"], capsys)[0] == 0
+    whole = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "whole").glob("*/*/result.json")}
+    real_call = scaling.subprocess.call
+
+    def cut_short(cmd, **kw):  # the first run stops at half its steps, as a kill after a checkpoint would
+        if len(in_process) == len(whole):
+            steps = next(a for a in cmd if a.startswith("--max_iters=")).split("=")[1]
+            cmd = [a if a != f"--max_iters={steps}" else f"--max_iters={int(steps) // 2}" for a in cmd]
+        return real_call(cmd, **kw)
+    monkeypatch.setattr(scaling.subprocess, "call", cut_short)
+    code, _, err = run_main(scaling.main, argv + [f"--out_dir={tmp_path / 'cut'}"], capsys)
+    assert_one_line_error(code, err, "ended without an eval at step")
+    monkeypatch.setattr(scaling.subprocess, "call", real_call)
+    in_process.clear()
+    code, _, err = run_main(scaling.main, argv + [f"--out_dir={tmp_path / 'cut'}"], capsys)
+    assert code == 0, err
+    assert "--init_from=resume" in in_process[0] and not any("--init_from=resume" in c for c in in_process[1:])
+    cut = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "cut").glob("*/*/result.json")}
+    assert cut.keys() == whole.keys()
+    for name in whole:
+        assert cut[name]["val_loss"] == pytest.approx(whole[name]["val_loss"], abs=1e-4), name
+
+
+def test_on_several_gpus_runs_go_side_by_side_one_per_gpu(data_root, tmp_path, capsys, monkeypatch):
+    """--gpus=2: two workers, each run with its own CUDA_VISIBLE_DEVICES; results in ladder order."""
+    import threading
+    import time
+    seen, running, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def fake_train(cmd, cwd=None, stdout=None, stderr=None, env=None):  # writes what train.py's final eval would
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        args = dict(a[2:].split("=", 1) for a in cmd[2:])
+        steps, n_embd = int(args["max_iters"]), int(args["n_embd"])
+        with open(os.path.join(args["out_dir"], "metrics.jsonl"), "w") as f:
+            f.write(json.dumps({"iter": steps, "train_loss": 3.0, "val_loss": 3.0 + (math.log(n_embd) - 3) ** 2}) + "\n")
+        with lock:
+            seen.append(env["CUDA_VISIBLE_DEVICES"])
+            running[0] -= 1
+        return 0
+    monkeypatch.setattr(scaling.subprocess, "call", fake_train)
+    code, out, err = run_main(scaling.main, TOY + [f"--data_root={data_root}", f"--out_dir={tmp_path}", "--gpus=2",
+                                                   "--bootstrap=0"], capsys)
+    assert code == 0, err
+    assert sorted(set(seen)) == ["0", "1"] and most[0] == 2 and "on 2 GPUs side by side" in out
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    for c in (1e8, 2e8):  # in ladder order, whichever GPU finished first
+        n = [r["params"] for r in fit["runs"] if r["flops"] == c]
+        assert len(n) >= 4 and n == sorted(n)
