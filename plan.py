@@ -5,17 +5,21 @@ Compute-optimal planning: how big a model, trained on how many tokens, for a bud
     python plan.py --tokens 1e9                       # the data you have
     python plan.py --params 124e6                     # the model you want
     python plan.py --hours 8 --tokens_per_sec 5e5 --measured_params 124e6   # a time budget, from bench.py
+    python plan.py --fit out/scaling/fit.json --flops 1e15   # with the scaling laws measured on your data (scaling.py)
 
 Uses the Chinchilla fit (Hoffmann et al. 2022, https://arxiv.org/abs/2203.15556, approach 3):
     L(N, D) = E + A / N^alpha + B / D^beta,   training compute C = 6 N D
 Minimizing L at fixed C gives N_opt = G (C/6)^(beta/(alpha+beta)) and D_opt = (C/6)^(alpha/(alpha+beta)) / G,
 with G = (alpha A / (beta B))^(1/(alpha+beta)). N counts all parameters, embeddings included.
+With --fit, the laws a sweep measured on your data, recipe and tokenizer instead (scaling.py): the IsoFLOP power
+law N_opt = k C^a for the size, its parametric L(N, D) for the loss, its shape family and batch for the rest.
 """
 
 import json
 import math
 from dataclasses import dataclass
 
+import scaling_laws
 from configurator import UserError, parse_args, run
 
 # the answers this fit can give with a straight face: a model of at least a few hundred thousand parameters
@@ -40,6 +44,7 @@ class PlanConfig:
     vocab_size: int = 50257  # vocabulary, for the shapes' parameter counts
     block_size: int = 1024  # context length, for the shapes' parameter counts
     json: bool = False  # print JSON instead of a table
+    fit: str = ""  # a fit.json from scaling.py: plan with the laws measured on your data instead of the paper's
 
 
 def loss(n, d):
@@ -93,6 +98,8 @@ def check_options(cfg):
 
 def plan(cfg):
     check_options(cfg)
+    if cfg.fit:
+        return plan_from_fit(cfg)
     given = [k for k in ("flops", "tokens", "params", "hours") if getattr(cfg, k) > 0]
     if len(given) != 1:
         raise UserError("give exactly one of --flops, --tokens, --params or --hours (a positive number)")
@@ -122,6 +129,61 @@ def plan(cfg):
     return out
 
 
+def plan_from_fit(cfg):
+    """The plan from a sweep's fit: size and tokens from its IsoFLOP power laws, the loss from its parametric
+    law, a shape from its ladder's shape family, steps at its batch (or --batch_tokens, if given)."""
+    fit = scaling_laws.load_fit(cfg.fit)
+    given = [k for k in ("flops", "tokens", "params") if getattr(cfg, k) > 0]
+    if len(given) != 1 or cfg.hours:
+        raise UserError("with --fit, give exactly one of --flops, --tokens or --params (a positive number)")
+    law_n, law_d = fit["isoflop"].get("params_law"), fit["isoflop"].get("tokens_law")
+    key = given[0]
+    try:
+        if key == "flops":
+            c = cfg.flops
+        elif not (law_n and law_d):
+            raise UserError(f"{cfg.fit} has no IsoFLOP power law (fewer than 2 budgets had a minimum): give --flops")
+        elif key == "params":
+            c = (cfg.params / law_n["k"]) ** (1 / law_n["exponent"])
+        else:
+            c = (cfg.tokens / law_d["k"]) ** (1 / law_d["exponent"])
+        p = scaling_laws.predict(fit, c)
+        ok = all(math.isfinite(x) and x > 0 for x in (c, p["params"], p["tokens"], p["predicted_loss"]))
+    except (OverflowError, ZeroDivisionError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"--{key} {getattr(cfg, key)}: too far outside the range of {cfg.fit} to compute")
+    st = fit["settings"]
+    model_args = tuple(sorted((st.get("model_args") or {}).items()))
+    shape = scaling_laws.pick_shape(p["params"], st["vocab_size"], st["block_size"], model_args)
+    batch = cfg.batch_tokens if cfg.batch_tokens != PlanConfig.batch_tokens else st["tokens_per_step"]
+    fitted = [min(fit["budgets"]), max(fit["budgets"])]
+    return {"fit": cfg.fit, "flops": c, "params": p["params"], "tokens": p["tokens"],
+            "tokens_per_param": p["tokens"] / p["params"], "predicted_loss": p["predicted_loss"],
+            "parametric": {k: p[f"parametric_{k}"] for k in ("params", "tokens", "loss")},
+            "steps": math.ceil(p["tokens"] / batch), "batch_tokens": batch, "block_size": st["block_size"],
+            "fitted_flops": fitted, "extrapolation": c / fitted[1], "model_args": dict(model_args),
+            "shape": {**scaling_laws.shape_args(shape),
+                      "params": scaling_laws.shape_params(shape, st["vocab_size"], st["block_size"], model_args)}}
+
+
+def print_fit_plan(p):
+    s = p["shape"]
+    print(f"compute {p['flops']:.3g} FLOPs -> compute-optimal {fmt(p['params'])} parameters (N: FLOPs per token / 6) "
+          f"on {fmt(p['tokens'])} tokens ({p['tokens_per_param']:.1f} tokens per parameter), by the IsoFLOP power "
+          f"law of {p['fit']}; its parametric law predicts val loss {p['predicted_loss']:.4f}")
+    print(f"{p['steps']:,} steps of {p['batch_tokens']:,} tokens")
+    print(f"shape: --n_layer={s['n_layer']} --n_head={s['n_head']} --n_embd={s['n_embd']} "
+          f"--block_size={p['block_size']}" + "".join(f" --{k}={v}" for k, v in p["model_args"].items())
+          + f"    {fmt(s['params'])} N")
+    q = p["parametric"]
+    print(f"the parametric law's own optimum: {fmt(q['params'])} N on {fmt(q['tokens'])} tokens, loss {q['loss']:.4f}")
+    lo, hi = p["fitted_flops"]
+    if not lo / 1.01 <= p["flops"] <= hi * 4:
+        print(f"note: the fit measured {lo:.3g} to {hi:.3g} FLOPs; {p['flops']:.3g} is an extrapolation "
+              f"({p['extrapolation']:.3g}x the largest)")
+
+
 def fmt(x):
     if abs(x) >= 1e15:
         return f"{x:.3g}"
@@ -136,6 +198,9 @@ def main(argv=None):
     p = plan(cfg)
     if cfg.json:
         print(json.dumps(p))
+        return
+    if cfg.fit:
+        print_fit_plan(p)
         return
     print(f"compute {p['flops']:.3g} FLOPs -> compute-optimal {fmt(p['params'])} parameters on {fmt(p['tokens'])} "
           f"tokens ({p['tokens_per_param']:.1f} tokens per parameter); the Chinchilla fit predicts loss "

@@ -77,3 +77,60 @@ def test_the_matmul_probe_leaves_the_random_state_alone():
     before = torch.get_rng_state()
     assert matmul_flops_per_sec("cpu", n=64, seconds=0.01) > 0
     assert torch.equal(before, torch.get_rng_state())
+
+
+def _fit_file(tmp_path):
+    """A fit.json as scaling.py writes it, from losses made by a known L(N, D) (no training)."""
+    import json
+
+    import scaling_laws as sl
+    from test_scaling import synthetic_runs
+    runs = synthetic_runs()
+    fit = {"kind": "scaling_fit", "budgets": sorted({r["flops"] for r in runs}), "runs": runs,
+           "settings": {"vocab_size": 66, "block_size": 64, "tokens_per_step": 1024, "model_args": {}},
+           **sl.fit_all(runs, samples=0)}
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps(fit))
+    return str(path), fit
+
+
+def test_plan_with_a_fit_uses_its_power_law_its_loss_its_shapes_and_its_batch(tmp_path, capsys):
+    import json
+
+    import scaling_laws as sl
+    from conftest import run_main
+    from plan import main
+    path, fit = _fit_file(tmp_path)
+    law = fit["isoflop"]["params_law"]
+    code, out, err = run_main(main, [f"--fit={path}", "--flops=1e15", "--json"], capsys)
+    assert code == 0, err
+    p = json.loads(out)
+    assert p["params"] == pytest.approx(law["k"] * 1e15 ** law["exponent"])
+    assert p["params"] * p["tokens"] * 6 == pytest.approx(1e15)
+    assert p["predicted_loss"] == pytest.approx(sl.parametric_loss(fit["parametric"], p["params"], p["tokens"]))
+    assert p["steps"] == math.ceil(p["tokens"] / 1024)  # the sweep's batch, not the default 524,288
+    shape = (p["shape"]["n_layer"], p["shape"]["n_embd"])
+    assert shape == sl.pick_shape(p["params"], 66, 64) and p["shape"]["params"] == pytest.approx(p["params"], rel=0.3)
+    by_params = json.loads(run_main(main, [f"--fit={path}", f"--params={p['params']}", "--json"], capsys)[1])
+    assert by_params["flops"] == pytest.approx(1e15)
+    code, out, _ = run_main(main, [f"--fit={path}", "--flops=1e15"], capsys)
+    assert code == 0 and "by the IsoFLOP power law of" in out and "--n_layer=" in out and "extrapolation" in out
+
+
+@pytest.mark.parametrize("content, fragment", [(None, "no such file"), ("[1, 2", "is not a JSON file"),
+                                               ('{"kind": "scaling_fit"}', "not a scaling fit")])
+def test_plan_refuses_a_fit_file_that_is_not_one_in_one_line(tmp_path, capsys, content, fragment):
+    from conftest import assert_one_line_error, run_main
+    from plan import main
+    path = tmp_path / "fit.json"
+    if content is not None:
+        path.write_text(content)
+    code, _, err = run_main(main, [f"--fit={path}", "--flops=1e15"], capsys)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_without_a_fit_plan_still_uses_the_paper(capsys):
+    from conftest import run_main
+    from plan import main
+    code, out, _ = run_main(main, ["--flops=3.2e17"], capsys)
+    assert code == 0 and "Chinchilla fit" in out
