@@ -135,13 +135,14 @@ def test_sigterm_checkpoint_resumes_exactly(data_root, tmp_path, uninterrupted, 
             os.kill(os.getpid(), signal.SIGTERM)
         return real(it, cfg)
     monkeypatch.setattr(train_module, "get_lr", get_lr)
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or configurator.run's if an earlier test ran a main()
     result = train(tiny_train_config(data_root, tmp_path, **ARGS))
     assert result["stopped_by"] == signal.SIGTERM and result["iter_num"] == 6
     monkeypatch.setattr(train_module, "get_lr", real)
     overrides = {"init_from": "resume", "out_dir": str(tmp_path)}
     train(TrainConfig(**overrides), overrides)
     assert losses(tmp_path) == uninterrupted
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers are put back
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers are put back
 
 
 def corrupt_loss(monkeypatch, bad_calls, factor):
