@@ -1,5 +1,6 @@
 """Shared fixtures. Tests run on CPU, offline: the text and the GPT-2 ranks come from assets/."""
 
+import errno
 import os
 import sys
 
@@ -86,3 +87,25 @@ def assert_one_line_error(code, err, *fragments):
     assert len(lines) == 1, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+class FullDisk:
+    """A file whose writes fail once `room` bytes are in, as on a full disk."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()

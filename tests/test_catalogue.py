@@ -17,7 +17,7 @@ import eval as eval_script
 import export as export_script
 import sample as sample_script
 import train as train_script
-from conftest import assert_one_line_error, run_main, snapshot, tiny_train_config
+from conftest import FullDisk, assert_one_line_error, run_main, snapshot, tiny_train_config
 
 SCRIPTS = {"train": train_script.main, "sample": sample_script.main, "eval": eval_script.main,
            "export": export_script.main, "bench": bench_script.main}
@@ -410,23 +410,8 @@ class Context:
         import safeio
         real = open
 
-        class Full:
-            def __init__(self, f):
-                self.f = f
-
-            def write(self, data):
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-            def __getattr__(self, name):
-                return getattr(self.f, name)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self.f.close()
         self.monkeypatch.setattr(safeio, "open", lambda p, m="r", *a, **k: (
-            Full(real(p, m, *a, **k)) if str(p).endswith(suffix) else real(p, m, *a, **k)), raising=False)
+            FullDisk(real(p, m, *a, **k), 0) if str(p).endswith(suffix) else real(p, m, *a, **k)), raising=False)
 
     def pickled_run(self):
         d = self.tmp / "pickled"

@@ -16,7 +16,7 @@ import prepare as prep
 import safeio
 import shards
 import train
-from conftest import assert_one_line_error, run_main, snapshot
+from conftest import FullDisk, assert_one_line_error, run_main, snapshot
 from prepare import PrepareConfig, prepare
 from sources import SourceConfig
 
@@ -72,28 +72,6 @@ def edit_shard(change):
 
 def meta_json(fn):
     return edit_meta(lambda b: json.dumps(fn(json.loads(b))).encode())
-
-
-class FullDisk:
-    """A file whose writes fail once `room` bytes are in, as on a full disk."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, data):
-        self.room -= len(data)
-        if self.room < 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
 
 
 def disk_full(module, suffix, room=0):
