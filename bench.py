@@ -522,7 +522,15 @@ def bench_recipes(cfg):
             if (variant, seed) in done:
                 continue
             out = os.path.join(root, variant.replace(" ", "").replace("--", "_").replace("=", "-"), str(seed))
-            shutil.rmtree(out, ignore_errors=True)
+            if os.path.isdir(out):  # an unfinished run of an earlier call: start it again, if it is only a run
+                import checkpoint
+                theirs = [n for n in os.listdir(out) if n not in checkpoint.RUN_FILES + (checkpoint.LOCK,)
+                          and not checkpoint.numbered(n) and not n.endswith((".tmp", ".tmp.png"))
+                          and not checkpoint.SHARDS.fullmatch(n)]
+                if theirs:
+                    raise UserError(f"{out} holds {theirs[0]}, which is not a run's file: move it, or choose "
+                                    f"another --out_root (nothing was removed)")
+                shutil.rmtree(out)
             cmd = [sys.executable, "train.py", cfg.config, *CPU_RECIPE, f"--dataset={dataset}",
                    f"--data_root={cfg.data_root}", f"--max_iters={steps}", f"--lr_decay_iters={steps}",
                    f"--eval_interval={eval_interval}", f"--seed={seed}", f"--out_dir={out}", *variant_args(variant)]
@@ -651,27 +659,32 @@ def checkpoint_worker(cfg):
 def bench_checkpoint(cfg):
     if cfg.mode:
         return checkpoint_worker(cfg)
+    from safeio import ScratchDir
+    scratch = ScratchDir(cfg.work_dir)  # removed afterwards only if bench.py made it (never a folder of yours)
+    work_dir = scratch.__enter__()
+    try:
+        return {"bench": "checkpoint", "results": [checkpoint_run(cfg, mode, work_dir) for mode in ("gathered", "sharded")]}
+    finally:
+        scratch.__exit__(None, None, None)
+
+
+def checkpoint_run(cfg, mode, work_dir):
+    """One way (gathered or sharded) in a torchrun of its own: its figures."""
     import os
     import subprocess
-    made = not os.path.exists(cfg.work_dir)
-    os.makedirs(cfg.work_dir, exist_ok=True)
-    results = []
-    for mode in ("gathered", "sharded"):
-        args = [f"--{k}={v}" for k, v in vars(cfg).items() if k != "mode"] + [f"--mode={mode}"]
-        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                            os.path.abspath(__file__), "checkpoint", *args], capture_output=True, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-        if r.returncode or not lines:
-            raise UserError(f"the {mode} checkpoint run failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:200]}")
-        results.append(json.loads(lines[-1]))
-        print(f"{mode}: save {results[-1]['save_s']} s, load {results[-1]['load_s']} s, "
-              f"{results[-1]['bytes'] / 2**30:.2f} GiB, peak per rank " + ", ".join(
-                  f"{row['peak_before_gib']:.2f} -> {row['peak_after_save_gib']:.2f} -> {row['peak_after_load_gib']:.2f} GiB"
-                  for row in results[-1]["ranks"]), file=sys.stderr)
-    if made:
-        os.rmdir(cfg.work_dir)
-    return {"bench": "checkpoint", "results": results}
+    args = [f"--{k}={v}" for k, v in {**vars(cfg), "work_dir": work_dir}.items() if k != "mode"] + [f"--mode={mode}"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.abspath(__file__), "checkpoint", *args], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode or not lines:
+        raise UserError(f"the {mode} checkpoint run failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:200]}")
+    result = json.loads(lines[-1])
+    print(f"{mode}: save {result['save_s']} s, load {result['load_s']} s, "
+          f"{result['bytes'] / 2**30:.2f} GiB, peak per rank " + ", ".join(
+              f"{row['peak_before_gib']:.2f} -> {row['peak_after_save_gib']:.2f} -> {row['peak_after_load_gib']:.2f} GiB"
+              for row in result["ranks"]), file=sys.stderr)
+    return result
 
 
 COMMANDS = {"train": (TrainBench, bench_train), "gpu": (GpuBench, bench_gpu), "sample": (SampleBench, bench_sample),

@@ -2,6 +2,7 @@
 docs/benchmarks.md; no timing is asserted here)."""
 
 import json
+import os
 
 import pytest
 
@@ -49,3 +50,33 @@ def test_recipe_curves_interpolate():
     assert bench.curve_at(evals, "time", 25.0) is None
     assert bench.first_reach(evals, 1.88) == pytest.approx((124.0, 12.4))
     assert bench.first_reach(evals, 1.0) is None
+
+
+def test_checkpoint_bench_measures_both_ways_and_leaves_a_folder_of_yours_as_it_was(tmp_path, capsys):
+    """bench.py checkpoint at a toy shape: gathered and sharded each save and load the same state (same
+    size on disk, within DCP's metadata), in a scratch folder of its own inside --work_dir."""
+    from conftest import snapshot
+    (tmp_path / "mine.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    bench.main(["checkpoint", "--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=64",
+                       f"--work_dir={tmp_path}"])
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    gathered, sharded = r["results"]
+    assert (gathered["mode"], sharded["mode"]) == ("gathered", "sharded")
+    assert all(x["save_s"] > 0 and x["load_s"] > 0 and len(x["ranks"]) == 2 for x in r["results"])
+    assert snapshot(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["mine.txt"]
+
+
+def test_recipes_bench_never_removes_a_folder_that_holds_more_than_a_run(tmp_path, capsys):
+    """A run folder left by an earlier, unfinished call is started again; one that holds a file of the
+    user's is refused in one line, with that file intact."""
+    from conftest import assert_one_line_error, run_main, snapshot
+    mine = tmp_path / "char" / "classic" / "1337"
+    mine.mkdir(parents=True)
+    (mine / "metrics.jsonl").write_text("")
+    (mine / "notes.txt").write_text("my notes")
+    before = snapshot(tmp_path)
+    code, _, err = run_main(bench.main, ["recipes", "--variants=classic", "--seeds=1337", f"--out_root={tmp_path}",
+                                         "--max_iters=1"], capsys)
+    assert_one_line_error(code, err, "notes.txt", "not a run's file")
+    assert snapshot(tmp_path) == before
