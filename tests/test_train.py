@@ -81,6 +81,7 @@ def test_resume_errors(data_root, tmp_path):
 
 def test_a_new_run_never_overwrites_a_checkpoint(data_root, tmp_path):
     train(tiny_train_config(data_root, tmp_path, max_iters=5))
+    assert not (tmp_path / "train.lock").exists()  # a clean finish takes its lock file with it
     before = open(tmp_path / "ckpt.pt", "rb").read()
     with pytest.raises(UserError, match="already holds a run's ckpt.pt.*--init_from=resume"):
         train(tiny_train_config(data_root, tmp_path, max_iters=5))
