@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 import sources
 import validate
@@ -153,13 +152,9 @@ def loglikelihoods(model, rows, ctx, device):
         x[r, :len(s) - 1] = torch.tensor(s[:-1])
         y[r, len(s) - 1 - n:len(s) - 1] = torch.tensor(s[len(s) - n:])
     x, y = x.to(device), y.to(device)
-    with ctx:
-        # with targets the model returns the logits of every position. Only the scored ones (the endings,
-        # a few of each row's tokens) are used, but picking them before the head would need the model to
-        # hand back its final hidden states: a (B, T, vocab) tensor per batch of rows it stays, for now
-        logits, _ = model(x, y)
+    with ctx:  # the head on the scored positions only (the endings, a few tokens of each row)
+        logp = -model(x, y, per_target=True)[1]
     scored = y >= 0
-    logp = F.log_softmax(logits[scored].float(), dim=-1).gather(1, y[scored][:, None])[:, 0]
     rows_of = torch.arange(len(rows), device=device)[:, None].expand_as(y)[scored]
     return torch.zeros(len(rows), device=device).index_add_(0, rows_of, logp).tolist()
 

@@ -240,11 +240,13 @@ class GPT(Generation, nn.Module):  # generate() and generate_stream(): generate.
                 n -= self.transformer.wte.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache=None, return_logits=True):
+    def forward(self, idx, targets=None, cache=None, return_logits=True, per_target=False):
         """Logits (B, T, vocab) and the mean cross-entropy if targets are given; without targets only
         the last position's logits (B, 1, vocab), which is all generation needs. return_logits=False
         gives (None, loss): training needs only the loss, and a (B, T, vocab) tensor held by the caller
-        would stay alive through the next forward (1.6 GB for GPT-2 at batch 16 in bf16)."""
+        would stay alive through the next forward (1.6 GB for GPT-2 at batch 16 in bf16).
+        per_target=True gives (None, the cross-entropy of each target that is not -1, in row-major
+        order): the head runs on those positions only (HellaSwag scores a few tokens of each row)."""
         B, T = idx.size()
         # end (the longest row's length after this forward) is a Python int either way: the check costs
         # no device sync and no torch.compile graph break; the cache knows its lengths on the host, and
@@ -268,6 +270,9 @@ class GPT(Generation, nn.Module):  # generate() and generate_stream(): generate.
             cache.advance(T)
         if targets is None:
             x = x[:, [-1], :]  # generation needs only the last position (the list index keeps the time dim)
+        elif per_target:
+            scored = targets >= 0
+            x, targets = x[scored], targets[scored]  # (M, C): the head's (M, vocab) instead of (B, T, vocab)
         logits = self.lm_head(x)
         if logits.size(-1) > self.config.vocab_size:  # vocabulary padding: those ids do not exist
             logits = logits[..., :self.config.vocab_size]
@@ -277,6 +282,8 @@ class GPT(Generation, nn.Module):  # generate() and generate_stream(): generate.
             logits = c * torch.tanh(logits / c)
         if targets is None:
             return logits, None
+        if per_target:
+            return None, F.cross_entropy(logits.float(), targets, reduction="none")
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return (logits if return_logits else None), loss
 

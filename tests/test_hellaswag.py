@@ -67,7 +67,7 @@ class Oracle(torch.nn.Module):
         self.right, self.vocab_size = right, vocab_size
         self.config = types.SimpleNamespace(block_size=block_size)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, per_target=False):
         logits = torch.zeros(*idx.shape, self.vocab_size)
         for b, row in enumerate(idx.tolist()):
             for seq in self.right:
@@ -75,6 +75,9 @@ class Oracle(torch.nn.Module):
                     if row[t] != seq[t]:
                         break
                     logits[b, t, seq[t + 1]] = 30.0
+        if per_target:  # as GPT.forward: the cross-entropy of each scored target
+            scored = targets >= 0
+            return None, torch.nn.functional.cross_entropy(logits[scored], targets[scored], reduction="none")
         return logits, None
 
 

@@ -208,3 +208,20 @@ def test_muon_orthogonalizes_and_trains():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
+
+
+@pytest.mark.parametrize("kw", [{}, {"logit_softcap": 15.0, "pad_vocab_to": 64}])
+def test_per_target_losses_equal_the_full_logits_at_the_scored_positions(kw):
+    """HellaSwag's path: the head on the scored positions only gives each target's cross-entropy as
+    the full (B, T, vocab) logits do (padding rows cut, softcap applied the same way)."""
+    model = small_model(**kw).eval()
+    x = torch.randint(model.config.vocab_size, (3, 12))
+    y = torch.full((3, 12), -1)
+    y[0, 8:], y[1, 3:5], y[2, 11] = 7, 2, 5
+    with torch.no_grad():
+        logits, _ = model(x, y)
+        _, per = model(x, y, per_target=True)
+    scored = y >= 0
+    full = -torch.log_softmax(logits[scored].float(), dim=-1).gather(1, y[scored][:, None])[:, 0]
+    assert per.shape == (int(scored.sum()),)
+    torch.testing.assert_close(per, full, rtol=1e-5, atol=1e-6)
