@@ -106,10 +106,12 @@ def plot_losses(events, path):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    import safeio
+    try:  # through the one writer: a fresh temp file (never through a symlink), then renamed over path
+        safeio.atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"), tmp_suffix=".tmp.png",
+                            fsync=False)
+    finally:
+        plt.close(fig)
 
 
 class Progress:

@@ -146,3 +146,23 @@ def test_modern_switches_and_muon_train_resume_and_sample(data_root, tmp_path):
     assert texts[0].startswith("ROMEO:")
     with pytest.raises(UserError, match="mlp='geglu'"):
         train(tiny_train_config(data_root, tmp_path / "c", mlp="geglu"))
+
+
+def test_loss_png_is_written_through_the_one_writer_never_through_a_planted_symlink(data_root, tmp_path,
+                                                                                     monkeypatch):
+    """loss.png's temp name, planted (while the run runs) as a link to a file of the user's: the file
+    stays as it was."""
+    import metrics
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    out = tmp_path / "run"
+    real = metrics.plot_losses
+
+    def plant_then_plot(events, path):
+        if not os.path.lexists(path + ".tmp.png"):
+            os.symlink(victim, path + ".tmp.png")
+        return real(events, path)
+    monkeypatch.setattr(metrics, "plot_losses", plant_then_plot)
+    train(tiny_train_config(data_root, out, max_iters=2, eval_interval=1, plot=True))
+    assert victim.read_text() == "mine"
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
