@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from configurator import UserError
+from configurator import UserError, os_error
 
 peers = []  # (host, pid) of every rank, in rank order: who died, when a collective fails
 
@@ -224,12 +224,34 @@ def load_optimizer_state(raw_model, optimizer, state):
 
 
 # sharded checkpoints (FSDP): every process writes and reads its own part; no process holds the whole state
+def _checkpoint_io(run, what, folder, intact):
+    """run() a torch.distributed.checkpoint save or load; its CheckpointException (a BaseException that
+    wraps each rank's error with a traceback) becomes one line: a fault of the disk names it, a lost
+    process goes on to the lost-process line, anything else says what failed."""
+    from torch.distributed.checkpoint.api import CheckpointException
+    try:
+        return run()
+    except CheckpointException as e:
+        causes = [failure[0] for failure in (e.failures or {}).values()]
+        disk = next((c for c in causes if isinstance(c, OSError)), None)
+        if disk is not None:  # every process meets it (DCP gathers the outcome): one line for all
+            err = UserError(f"cannot {what} the sharded checkpoint {folder}: {os_error(disk)} ({intact})")
+            err.every_rank = True
+            raise err from None
+        first = causes[0] if causes else None
+        if isinstance(first, RuntimeError) and is_lost_process(first, world_size()):
+            raise first from None
+        why = f"{type(first).__name__}: {str(first).strip().splitlines()[0][:150]}" if first is not None else str(e)[:150]
+        raise UserError(f"cannot {what} the sharded checkpoint {folder} ({why}; {intact})") from None
+
+
 def save_sharded(raw_model, optimizer, folder):
     """Every process must call this: the model and optimizer state, each process its shards, in folder."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     model_sd, optim_sd = get_state_dict(raw_model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=folder)
+    _checkpoint_io(lambda: dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=folder), "write",
+                   folder, "the previous ckpt.pt and the state it names are intact")
 
 
 def load_sharded(raw_model, optimizer, folder):
@@ -239,7 +261,8 @@ def load_sharded(raw_model, optimizer, folder):
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     model_sd, optim_sd = get_state_dict(raw_model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=folder)
+    _checkpoint_io(lambda: dcp.load(state, checkpoint_id=folder), "read", folder,
+                   "nothing was changed: resume from an older checkpoint, ckpt_NNNNNNN.pt with --keep_last_n")
     set_state_dict(raw_model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 

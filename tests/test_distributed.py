@@ -277,3 +277,32 @@ def test_a_mistake_under_torchrun_is_one_line_from_rank_0(data_root, tmp_path):
     ours = our_lines(r.stderr)
     assert len(ours) == 1 and "gradient_accumulation_steps=3 must be a multiple of the number of processes (2)" in ours[0]
     assert not os.path.exists(tmp_path / "ckpt.pt")
+
+
+def test_a_sharded_checkpoint_that_cannot_be_written_or_read_is_one_line(tmp_path, monkeypatch):
+    """torch.distributed.checkpoint reports a rank's disk error as a CheckpointException (a
+    BaseException with a traceback per rank): it becomes one line naming the folder and the fault."""
+    import errno
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    import distributed
+    from configurator import UserError
+    from model import GPT, GPTConfig
+    warnings.simplefilter("ignore")  # one process, no process group: what DCP warns about
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64))
+    opt = torch.optim.AdamW(model.parameters())
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="cannot write the sharded checkpoint .*a_file/shards: Not a directory.*intact"):
+        distributed.save_sharded(model, opt, str(tmp_path / "a_file" / "shards"))
+    distributed.save_sharded(model, opt, str(tmp_path / "shards"))
+    real = dcp.FileSystemReader.read_data
+
+    def disk_error(self, *a, **k):
+        raise OSError(errno.EIO, "Input/output error", str(tmp_path / "shards"))
+    monkeypatch.setattr(dcp.FileSystemReader, "read_data", disk_error)
+    with pytest.raises(UserError, match="cannot read the sharded checkpoint .*Input/output error"):
+        distributed.load_sharded(model, opt, str(tmp_path / "shards"))
+    monkeypatch.setattr(dcp.FileSystemReader, "read_data", real)
+    distributed.load_sharded(model, opt, str(tmp_path / "shards"))
