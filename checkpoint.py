@@ -118,7 +118,38 @@ def shards_dir(path, ckpt):
     if not os.path.isfile(os.path.join(folder, ".metadata")):
         raise UserError(f"{path} names the sharded state {folder}, which is missing or incomplete: use an older "
                         f"checkpoint (ckpt_NNNNNNN.pt with --keep_last_n, or best.pt for the weights)")
+    check_shards_metadata(folder)
     return folder
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """torch.distributed.checkpoint reads its .metadata with pickle.load, which would run whatever code a
+    crafted file names: unpickled here first, with only the classes DCP writes there allowed."""
+
+    def find_class(self, module, name):
+        allowed = ((module.startswith("torch.distributed.checkpoint.") and isinstance(getattr(
+                        __import__(module, fromlist=[name]), name, None), type))
+                   or (module, name) in {("torch", "Size"), ("torch.serialization", "_get_layout"),
+                                         ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+                                         ("collections", "OrderedDict")}
+                   or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)))
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not something a sharded checkpoint holds")
+        return super().find_class(module, name)
+
+
+def check_shards_metadata(folder):
+    """Refuse a shards folder whose .metadata would run code when torch.distributed.checkpoint reads it."""
+    path = os.path.join(folder, ".metadata")
+    try:
+        with open(path, "rb") as f:
+            _MetadataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path} holds pickled Python objects other than a checkpoint's index, which could run "
+                        f"code when loaded; refusing it ({str(e).splitlines()[0][:120]})") from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
+        raise UserError(f"cannot read {path} (damaged, cut short, or not a sharded checkpoint's index: "
+                        f"{type(e).__name__})") from None
 
 
 def read_shards(folder, keys):
@@ -126,8 +157,12 @@ def read_shards(folder, keys):
     import warnings
 
     from torch.distributed.checkpoint import FileSystemReader
+
+    from distributed import checkpoint_io
     state = {}
-    try:
+
+    def read():
+        nonlocal state
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no process group: loading on one process", which is the point
             try:  # what torch.distributed.checkpoint.format_utils.dcp_to_torch_save does, without the file
@@ -143,7 +178,10 @@ def read_shards(folder, keys):
             else:
                 _load_state_dict(state, storage_reader=FileSystemReader(folder),
                                  planner=_EmptyStateDictLoadPlanner(keys=set(keys)), no_dist=True)
-    except Exception as e:  # DCP wraps every reader's failure in its own CheckpointException
+    try:  # DCP wraps a reader's failure in its CheckpointException, a BaseException: checkpoint_io makes it one line
+        checkpoint_io(read, "read", folder, "damaged or incomplete: use an older checkpoint, ckpt_NNNNNNN.pt with "
+                      "--keep_last_n, or best.pt for the weights")
+    except Exception as e:  # what fails outside DCP's own wrapping
         raise UserError(f"cannot read the sharded checkpoint {folder} (damaged or incomplete: "
                         f"{str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__})") from None
     return {k: state[k] for k in keys if k in state}

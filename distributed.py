@@ -224,7 +224,7 @@ def load_optimizer_state(raw_model, optimizer, state):
 
 
 # sharded checkpoints (FSDP): every process writes and reads its own part; no process holds the whole state
-def _checkpoint_io(run, what, folder, intact):
+def checkpoint_io(run, what, folder, intact):
     """run() a torch.distributed.checkpoint save or load; its CheckpointException (a BaseException that
     wraps each rank's error with a traceback) becomes one line: a fault of the disk names it, a lost
     process goes on to the lost-process line, anything else says what failed."""
@@ -250,7 +250,7 @@ def save_sharded(raw_model, optimizer, folder):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     model_sd, optim_sd = get_state_dict(raw_model, optimizer)
-    _checkpoint_io(lambda: dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=folder), "write",
+    checkpoint_io(lambda: dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=folder), "write",
                    folder, "the previous ckpt.pt and the state it names are intact")
 
 
@@ -261,7 +261,7 @@ def load_sharded(raw_model, optimizer, folder):
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     model_sd, optim_sd = get_state_dict(raw_model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    _checkpoint_io(lambda: dcp.load(state, checkpoint_id=folder), "read", folder,
+    checkpoint_io(lambda: dcp.load(state, checkpoint_id=folder), "read", folder,
                    "nothing was changed: resume from an older checkpoint, ckpt_NNNNNNN.pt with --keep_last_n")
     set_state_dict(raw_model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 

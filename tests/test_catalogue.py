@@ -167,6 +167,15 @@ CASES = {
         resume(c.best_as_ckpt()), ["weights only", "ckpt.pt"])),
     "resume from a damaged ckpt.pt": ("train", lambda c: (resume(c.damaged_run()), ["ckpt.pt", "damaged"])),
     "resume from a pickle": ("train", lambda c: (resume(c.pickled_run()), ["pickled Python objects"])),
+    # FSDP's sharded checkpoints: ckpt.pt names a folder that torch.distributed.checkpoint wrote
+    "sample a sharded ckpt.pt whose .metadata runs code": ("sample", lambda c: (
+        [f"--out_dir={c.sharded_run('evil') / 'ckpt.pt'}"], [".metadata", "pickled Python objects"])),
+    "resume from a sharded ckpt.pt whose .metadata runs code": ("train", lambda c: (
+        resume(c.sharded_run("evil")), [".metadata", "pickled Python objects"])),
+    "sample a sharded ckpt.pt whose shards are cut short": ("sample", lambda c: (
+        [f"--out_dir={c.sharded_run('cut') / 'ckpt.pt'}"], ["cannot read the sharded checkpoint", "shards_"])),
+    "resume from a sharded ckpt.pt whose shards are gone": ("train", lambda c: (
+        resume(c.sharded_run("gone")), ["shards_", "missing or incomplete"])),
     "resume with a malformed saved config": ("train", lambda c: (
         resume(copy_run(c.run, c.tmp, lambda k: k["config"].update(batch_size="many"))),
         ["malformed config", "batch_size"])),
@@ -413,11 +422,50 @@ class Context:
         self.monkeypatch.setattr(safeio, "open", lambda p, m="r", *a, **k: (
             FullDisk(real(p, m, *a, **k), 0) if str(p).endswith(suffix) else real(p, m, *a, **k)), raising=False)
 
+    def sharded_run(self, fault):
+        """The tiny run with its ckpt.pt sharded as FSDP writes it (written here on one process), then
+        the shards folder given a fault: evil (a .metadata whose unpickling would run code), cut (a data
+        file cut short), gone (the folder removed)."""
+        import pickle
+        import warnings
+
+        import distributed
+        from model import GPT, GPTConfig
+        run = copy_run(self.run, self.tmp)
+        ckpt = checkpoint.load(str(run / "ckpt.pt"))
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+        distributed.load_model_state(model, ckpt.pop("model"))
+        distributed.load_optimizer_state(model, optimizer, ckpt.pop("optimizer"))
+        folder = run / "shards_0000004.0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            distributed.save_sharded(model, optimizer, str(folder))
+        checkpoint.save({**ckpt, "sharded": folder.name}, str(run / "ckpt.pt"))
+        if fault == "evil":
+            (folder / ".metadata").write_bytes(pickle.dumps(RunsCode(str(self.tmp / "pwned"))))
+        elif fault == "cut":
+            data = next(folder.glob("*.distcp"))
+            data.write_bytes(data.read_bytes()[:100])
+        elif fault == "gone":
+            shutil.rmtree(folder)
+        return run
+
     def pickled_run(self):
         d = self.tmp / "pickled"
         d.mkdir()
         torch.save({"model": {}, "evil": Context}, d / "ckpt.pt")
         return d
+
+
+class RunsCode:
+    """What a crafted pickle can do: call any function on load (here: create a file)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -442,6 +490,7 @@ def test_catalogue(case, data_root, run_dir, tmp_path, monkeypatch, capsys):
     looks_complete = [p for p in set(after) - set(before) if p.endswith(("ckpt.pt", "best.pt", "model.safetensors",
                                                                          "meta.json", "config.json"))]
     assert not looks_complete, looks_complete
+    assert not (tmp_path / "pwned").exists(), "a crafted pickle ran code"
 
 
 def test_the_catalogue_is_large_enough():
