@@ -595,6 +595,8 @@ class Trainer:
             return True
         diverged = None
         try:
+            if cfg.sample_tokens > 0 or cfg.eval_tasks:  # NaN weights, named, before they reach a sample or a score
+                faults.check_finite_model(self.raw_model)
             sample, task = self.eval_sample(), self.eval_task()
         except faults.Diverged as e:  # NaN shows first in a sample or a task score: the same policy as a bad eval
             diverged, sample, task = str(e), None, None
@@ -651,7 +653,6 @@ class Trainer:
         if not hasattr(self, "task_examples"):  # read and tokenized once, at the first eval
             docs = hellaswag.load_docs(cfg.eval_tasks, cfg.eval_tasks_file, cfg.eval_tasks_examples)
             self.task_examples = hellaswag.encode(docs, tokenizer.from_meta(self.meta["tokenizer"]))[0]
-        faults.check_finite_model(self.raw_model)
         return hellaswag.score(self.raw_model, self.task_examples, cfg.batch_size, self.ctx, self.device)
 
     def eval_sample(self):
@@ -670,7 +671,6 @@ class Trainer:
             return None
         # a generator of its own: sampling must not move the training's random state
         g = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        faults.check_finite_model(self.raw_model)
         try:
             with self.ctx:
                 out = self.raw_model.generate([ids], cfg.sample_tokens, temperature=0.8, top_k=200, eot_id=t.eot_id,
@@ -828,7 +828,7 @@ def main(argv=None):
     overrides = parse_overrides(TrainConfig, argv, prog="train.py")
     result = train(TrainConfig(**overrides), overrides)
     code = 128 + result["stopped_by"] if result["stopped_by"] else 0  # the shell's "ended by signal N", after a save
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed.world_size() > 1:
         # under torchrun, leave without the interpreter's teardown: there, gloo's threads can abort a process
         # whose run is complete ("terminate called without an active exception": 1 run of the DDP test in 15
         # on this project's CI machine). Every file is closed and the process group destroyed by now.
