@@ -29,7 +29,9 @@ from typing import Optional
 import scaling_laws as sl
 from configurator import UserError, parse_args, run
 from dataloader import dataset_dir
-from shards import atomic_write, hold_lock, read_meta, release_lock
+from metrics import read_events
+from safeio import write_text
+from shards import hold_lock, read_meta, release_lock
 
 
 @dataclass
@@ -140,19 +142,8 @@ def train_command(r, resume):
 
 def final_eval(run_dir, steps):
     """The last eval event of a run's metrics.jsonl, if it is the one at its last step."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None
-    last = None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if "val_loss" in e and e.get("iter") == steps:
-                last = e
-    return last
+    evals = [e for e in read_events(os.path.join(run_dir, "metrics.jsonl")) if "val_loss" in e and e.get("iter") == steps]
+    return evals[-1] if evals else None
 
 
 def result_of(run_dir):
@@ -189,7 +180,7 @@ def train_one(r, bpt, env=None, log=print):
     result |= {"val_loss": e["val_loss"], "train_loss": e["train_loss"],
                "bits_per_byte": e["val_loss"] / math.log(2) / bpt if bpt else None,
                "seconds": time.time() - t0, "resumed": resume}
-    atomic_write(os.path.join(r["dir"], "result.json"), lambda f: f.write(json.dumps(result, indent=1).encode()))
+    write_text(os.path.join(r["dir"], "result.json"), json.dumps(result, indent=1))
     log(f"  {r['name']:>9} at {r['flops']:.3g} FLOPs: N {r['params']:,.0f}, {r['tokens']:,} tokens "
         f"({r['steps']} steps), val loss {result['val_loss']:.4f} in {result['seconds']:.0f} s"
         + (" (resumed)" if resume else ""))
@@ -244,7 +235,7 @@ def train_all(runs, bpt, envs):
 
 
 def write_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def measured_optimum(results):

@@ -31,12 +31,6 @@ def token_dtype(vocab_size):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
-def atomic_write(path, write):
-    """Call write(f) on path.tmp, flush and fsync it, then rename over path: never a half-written file
-    (safeio.atomic_write, the one writer)."""
-    safeio.atomic_write(path, write)
-
-
 class ShardWriter:
     """Appends a split's tokens to shards of at most shard_tokens tokens, each written atomically
     (to name.tmp, then renamed once complete), so memory stays bounded by what one append holds."""
@@ -104,7 +98,7 @@ def write_shard(path, tokens, vocab_size):
     def write(f):
         f.write(_header(dtype.itemsize, len(tokens), top))
         f.write(tokens.astype(dtype, copy=False).tobytes())
-    atomic_write(path, write)
+    safeio.atomic_write(path, write)
 
 
 def check_range(tokens, vocab_size):
@@ -175,8 +169,7 @@ def shard_paths(data_dir, split):
 
 
 def write_meta(data_dir, meta):
-    atomic_write(os.path.join(data_dir, "meta.json"),
-                 lambda f: f.write(json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8")))
+    safeio.write_text(os.path.join(data_dir, "meta.json"), json.dumps(meta, indent=2, ensure_ascii=False))
 
 
 def read_meta(data_dir):
