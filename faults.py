@@ -142,22 +142,26 @@ def inference_memory(model_shapes, rows, positions, kv_cache):
 def check_inference_memory(model_shapes, rows, positions, kv_cache, device, what):
     """Refuse (CPU) or warn about (GPU) an inference whose estimate does not fit, before the model is
     built: a checkpoint's claimed shapes and the requested batch decide it, not what the kernel allows."""
-    need = inference_memory(model_shapes, rows, positions, kv_cache)
+    refuse_or_warn(inference_memory(model_shapes, rows, positions, kv_cache), device, lambda need, have: (
+        f"out of memory: {what} needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB are free; ask for "
+        f"fewer rows at once (--num_samples, --batch_size) or use a smaller model"),
+        lambda msg: print(f"warning: {msg}", file=sys.stderr))
+
+
+def refuse_or_warn(need, device, advice, warn):
+    """The memory policy of every command: an estimate of `need` bytes over what the device has free is
+    refused on a CPU (past it, Linux kills the process without a word) and a warning on a GPU (whose
+    allocator and the estimate's roughness leave room). advice(need, have): the line."""
     have = available_memory(device)
     if have is not None and need > have:
-        msg = (f"out of memory: {what} needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB are free; "
-               f"ask for fewer rows at once (--num_samples, --batch_size) or use a smaller model")
-        if device.startswith("cpu"):  # past this, Linux kills the process without a word
-            raise UserError(msg)
-        print(f"warning: {msg}", file=sys.stderr)
+        if device.startswith("cpu"):
+            raise UserError(advice(need, have))
+        warn(advice(need, have))
 
 
 def check_memory(model_shapes, cfg, dtype, device, warn):
     """Refuse (CPU) or warn about (GPU) a run whose estimated peak does not fit. model_shapes: the GPT on
     the meta device, so that a model too big for the machine is never built."""
     need = model_shapes.estimate_memory(cfg.batch_size, 4 if dtype == "float32" else 2, cfg.gradient_checkpointing)
-    have = available_memory(device)
-    if have is not None and need > have:
-        if device.startswith("cpu"):  # past this, Linux kills the process without a word
-            raise UserError(out_of_memory_advice(cfg, need, have))
-        warn(f"warning: the estimate says this may not fit: {out_of_memory_advice(cfg, need, have)}")
+    refuse_or_warn(need, device, lambda need, have: out_of_memory_advice(cfg, need, have),
+                   lambda msg: warn(f"warning: the estimate says this may not fit: {msg}"))
