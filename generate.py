@@ -104,9 +104,8 @@ def next_tokens(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     host: the caller reads both at once. torch.multinomial never sees a NaN (on a GPU that is a
     device-side assert that kills the process). temperature 0 is greedy; top_k keeps the k most likely
     tokens; top_p keeps the smallest set whose probability reaches p (nucleus sampling)."""
-    bad = _not_finite(logits)
     if temperature == 0:
-        return logits.argmax(dim=-1), bad
+        return logits.argmax(dim=-1), _not_finite(logits)
     logits = logits.float() / temperature
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
@@ -119,7 +118,9 @@ def next_tokens(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         drop[:, 0] = False  # even when top_p rounds to 0 in float32 (a tiny --top_p)
         logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = F.softmax(logits, dim=-1)
-    bad = bad | ~torch.isfinite(probs).all(dim=-1)  # also a temperature so small that logits overflow
+    # a NaN or +inf logit, or a row all -inf, survives the tempering, top_k and top_p into probs (NaN there);
+    # so does a temperature so small that the logits overflow: one check of probs covers them all
+    bad = ~torch.isfinite(probs).all(dim=-1)
     probs = probs.masked_fill(bad[:, None], 1.0)  # any valid row: the flag makes the caller raise
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1), bad
 
