@@ -608,6 +608,7 @@ def checkpoint_worker(cfg):
     from torch.distributed.fsdp import fully_shard
 
     import distributed
+    from safeio import write_text
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
@@ -649,11 +650,16 @@ def checkpoint_worker(cfg):
     rows = [None] * dist.get_world_size()
     dist.all_gather_object(rows, {"rank": rank, "peak_before_gib": before / 2**30,
                                   "peak_after_save_gib": after_save / 2**30, "peak_after_load_gib": peak_rss() / 2**30})
-    if rank == 0:
+    if rank == 0:  # to a file: on the shared stdout the other ranks' output could land on the same line
         shutil.rmtree(folder, ignore_errors=True)
-        print(json.dumps({"mode": cfg.mode, "save_s": round(t_save, 2), "load_s": round(t_load, 2),
-                          "bytes": size, "ranks": rows}))
+        write_text(folder + ".json", json.dumps({"mode": cfg.mode, "save_s": round(t_save, 2),
+                                                 "load_s": round(t_load, 2), "bytes": size, "ranks": rows}))
     dist.destroy_process_group()
+    # leave without the interpreter's teardown, as train.py does under torchrun: there gloo's threads can
+    # abort a finished process (SIGABRT, "terminate called without an active exception")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def bench_checkpoint(cfg):
@@ -676,10 +682,11 @@ def checkpoint_run(cfg, mode, work_dir):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         os.path.abspath(__file__), "checkpoint", *args], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode or not lines:
+    path = os.path.join(work_dir, mode + ".json")
+    if r.returncode or not os.path.isfile(path):
         raise UserError(f"the {mode} checkpoint run failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:200]}")
-    result = json.loads(lines[-1])
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
     print(f"{mode}: save {result['save_s']} s, load {result['load_s']} s, "
           f"{result['bytes'] / 2**30:.2f} GiB, peak per rank " + ", ".join(
               f"{row['peak_before_gib']:.2f} -> {row['peak_after_save_gib']:.2f} -> {row['peak_after_load_gib']:.2f} GiB"
