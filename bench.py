@@ -3,7 +3,7 @@ Measured speed: one subcommand per thing measured, each with its own options (--
 Every subcommand prints a readable line to stderr and one JSON line to stdout.
 
     python bench.py train config/tinystories_124m.py --batch_size=16   # training step: tokens/s, MFU, memory
-    python bench.py gpu --out=$OUT            # the whole GPU sweep (--budget: its time limit, 510 s); --quick: a toy shape
+    python bench.py gpu --out=$OUT            # the whole GPU session (--budget: its time limit, 330 s); --quick: a toy shape
     python bench.py sample                    # generation: KV cache vs full recomputation, GPT-2 124M shape
     python bench.py prepare --megabytes=100   # tokenization: 1 vs 2 workers vs a plain tiktoken loop; peak RSS
     python bench.py sample --n_layer=4 --prompt_tokens=64 --new_tokens=32 --repeats=5   # a quick look
@@ -229,19 +229,26 @@ def micro(batch, tokens=TOKENS_124M, block=1024):
     return [f"--batch_size={batch}", f"--gradient_accumulation_steps={tokens // (batch * block)}"]
 
 
-# (name, bench.py train arguments), most important first: a sweep that runs out of time loses the tail
+# (name, bench.py arguments), most important first: a sweep that runs out of time loses the tail.
+# "train" runs time a training step (bench_train); "check" runs are gpucheck.py's checks.
 GPU_SWEEP = [
-    ("124m", GPT2 + ["--pad_vocab_to=1"]),  # the shipped config as it was
-    ("124m-pad", GPT2),  # + vocabulary padded to 50,304 (train.py's default)
-    ("124m-pad-mb32", GPT2 + micro(32)),
-    ("124m-pad-mb64", GPT2 + micro(64)),
-    ("124m-pad-flash", GPT2 + ["--sdpa=flash"]),
-    ("124m-pad-cudnn", GPT2 + ["--sdpa=cudnn"]),
-    ("124m-pad-nobias", GPT2 + ["--bias=False"]),
-    ("124m-pad-eager", GPT2 + ["--compile=False"]),  # what torch.compile buys
-    ("17m-mb32", SMALL),
-    ("17m-mb64", SMALL + micro(64, 131_072)),
-    ("17m-mb128", SMALL + micro(128, 131_072)),
+    ("124m-pad", ["train", *GPT2]),  # the shipped config with the vocabulary padded to 50,304 (train.py's default)
+    ("char-modern", ["check", "--name=char-modern"]),  # config/shakespeare_char_modern.py's curve to val 1.47
+    ("cuda-paths", ["check", "--name=cuda-paths"]),  # resume, float16 resume, sample.py, eval.py on the device
+    ("torchrun", ["check", "--name=torchrun"]),  # DDP and FSDP + compile under torchrun --nproc_per_node=1
+    ("sample-syncs", ["check", "--name=sample-syncs"]),  # host syncs per generated token
+    ("124m", ["train", *GPT2, "--pad_vocab_to=1"]),  # the vocabulary unpadded: what the padding buys
+    ("124m-pad-mb32", ["train", *GPT2, *micro(32)]),
+    ("124m-pad-mb64", ["train", *GPT2, *micro(64)]),
+    ("124m-pad-flash", ["train", *GPT2, "--sdpa=flash"]),
+    ("124m-pad-cudnn", ["train", *GPT2, "--sdpa=cudnn"]),
+    ("124m-pad-nobias", ["train", *GPT2, "--bias=False"]),
+    ("124m-pad-eager", ["train", *GPT2, "--compile=False"]),  # what torch.compile buys
+    ("17m-mb32", ["train", *SMALL]),
+    ("17m-mb64", ["train", *SMALL, *micro(64, 131_072)]),
+    ("17m-mb128", ["train", *SMALL, *micro(128, 131_072)]),
+    ("char-classic", ["check", "--name=char-classic"]),  # config/shakespeare_char.py as nanoGPT ran it
+    ("pytest", ["check", "--name=pytest"]),  # the GPU-path, generation, model and distributed tests there
 ]
 QUICK = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64", "--gradient_accumulation_steps=1",
          "--vocab_size=1000", "--tokens=100000", "--steps=2"]  # the same runs at a toy shape: the plumbing
@@ -249,35 +256,62 @@ QUICK = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64", "--gradi
 
 @dataclass
 class GpuBench:
-    """The GPU sweep of docs/benchmarks.md ("GPU: how to measure"): GPT-2 124M and the 17.9M config,
-    vocabulary padding, micro-batch sizes, attention kernels, compile and biases on and off. Every run
-    is `bench.py train` in a process of its own with a timeout, so a slow compile or an out-of-memory
-    loses that run only; each writes one JSON line to OUT/runs.jsonl, and a table ends it."""
-    out: str = "out/bench_gpu"  # runs.jsonl (one JSON line per run, failures too) and a log per run go here
-    quick: bool = False  # every run at a toy shape and 2 steps: checks the plumbing (seconds on a CPU)
+    """The GPU session of docs/benchmarks.md ("GPU: how to measure") in one command: GPT-2 124M and the
+    17.9M config over vocabulary padding, micro-batch, attention kernel, compile and biases, and
+    gpucheck.py's checks (shakespeare_char to its target, resume, float16, sample.py, eval.py, torchrun,
+    host syncs, the tests). Every run is a process of its own with a timeout, so a slow compile, an
+    out-of-memory or a hang loses that run only; each writes one JSON line to OUT/runs.jsonl and its
+    output to OUT/runs.log (two files: a lent machine gives back few), and a table ends it."""
+    out: str = "out/bench_gpu"  # runs.jsonl (one JSON line per run, failures too) and runs.log (every run's output) go here
+    quick: bool = False  # every run at a toy shape (the 124M runs 2 steps): checks the plumbing, on a CPU too
     only: list[str] = field(default_factory=list)  # run only these names (see the table); empty: all
-    budget: float = 510.0  # a time limit for the whole sweep, in seconds: each run gets what is left (at most --timeout); under 30 s left, the rest are recorded as skipped
+    budget: float = 330.0  # a time limit for the whole sweep, in seconds: each run gets what is left (at most --timeout); under 30 s left, the rest are recorded as skipped
     timeout: float = 150.0  # seconds one run may take, compile included
-    steps: int = 4  # timed steps per run (1 warm-up step first; 10 x as many for the 17.9M runs)
+    steps: int = 4  # timed steps per training run (1 warm-up step first; 10 x as many for the 17.9M runs)
     device: str = "auto"  # passed to every run: auto, cuda, cpu
 
 
-def run_one(name, args, timeout, log_path):
-    """Run `python bench.py train ARGS` in its own process group; (result dict, or None) and an error."""
+@dataclass
+class CheckBench:
+    """One of gpucheck.py's checks (bench.py gpu runs them all): its figures and failures as JSON."""
+    name: str = "cuda-paths"  # char-modern, cuda-paths, torchrun, sample-syncs, char-classic, pytest
+    device: str = "auto"  # auto, cuda, cpu
+    quick: bool = False  # a toy shape: the plumbing
+    work_dir: str = ""  # the scratch folder goes inside this one (empty: the system's temporary folder)
+
+
+def bench_check(cfg):
+    import gpucheck
+    from devices import resolve_device
+    if cfg.name not in gpucheck.CHECKS:
+        raise UserError(f"name={cfg.name!r}: expected one of {', '.join(gpucheck.CHECKS)}")
+    result = gpucheck.run_check(cfg.name, resolve_device(cfg.device), cfg.quick, cfg.work_dir or None)
+    print(f"check {cfg.name}: {'ok' if result['ok'] else 'FAILED: ' + '; '.join(result['failures'])} "
+          f"({result['seconds']} s)", file=sys.stderr)
+    return result
+
+
+def run_one(name, args, timeout, log):
+    """Run `python bench.py ARGS` in its own process group, its output appended to the open file log;
+    (result dict, or None) and an error."""
     import os
     import signal
     import subprocess
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "bench.py", "train", *args], stdout=subprocess.PIPE, stderr=log,
-                                text=True, start_new_session=True, cwd=os.path.dirname(os.path.abspath(__file__)))
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # compile workers too
-            proc.communicate()
-            return None, f"timeout after {timeout:.0f} s"
+    log.write(f"\n===== {name}: python bench.py {' '.join(args)}\n")
+    log.flush()
+    start = log.tell()
+    proc = subprocess.Popen([sys.executable, "bench.py", *args], stdout=subprocess.PIPE, stderr=log, text=True,
+                            start_new_session=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # compile workers and a check's own commands too
+        proc.communicate()
+        return None, f"timeout after {timeout:.0f} s"
     if proc.returncode != 0:
-        with open(log_path) as f:
+        log.flush()
+        with open(log.name) as f:
+            f.seek(start)
             lines = f.read().strip().splitlines()
         return None, f"exit {proc.returncode}: {lines[-1] if lines else ''}"[:300]
     return json.loads(out.strip().splitlines()[-1]), None
@@ -285,6 +319,7 @@ def run_one(name, args, timeout, log_path):
 
 def bench_gpu(cfg):
     import os
+    import tempfile
     names = [n for n, _ in GPU_SWEEP]
     unknown = [n for n in cfg.only if n not in names]
     if unknown:
@@ -294,32 +329,45 @@ def bench_gpu(cfg):
     os.makedirs(cfg.out, exist_ok=True)
     path = os.path.join(cfg.out, "runs.jsonl")
     t0, rows = time.time(), []
-    for name, args in GPU_SWEEP:
-        if cfg.only and name not in cfg.only:
-            continue
-        steps = cfg.steps * (10 if name.startswith("17m") else 1)
-        args = args + [f"--device={cfg.device}", f"--steps={steps}", "--warmup_steps=1",
-                       f"--tokens={max(2_000_000, 2 * (steps + 1) * TOKENS_124M)}"] + (quick if cfg.quick else [])
-        left = cfg.budget - (time.time() - t0)
-        row = {"name": name, "args": args}
-        if left < min(30.0, cfg.timeout):
-            row["error"] = f"skipped: {left:.0f} s left of the {cfg.budget:.0f} s budget"
-        else:
-            t = time.time()
-            result, error = run_one(name, args, min(cfg.timeout, left), os.path.join(cfg.out, f"{name}.log"))
-            row.update(wall_seconds=round(time.time() - t, 1), **(result or {}), **({"error": error} if error else {}))
-        rows.append(row)
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(gpu_table_line(row), file=sys.stderr, flush=True)
+    # the checks' scratch folders go inside one of the sweep's own, removed at the end: also those of a
+    # check killed at its timeout
+    with (open(os.path.join(cfg.out, "runs.log"), "a") as log,
+          tempfile.TemporaryDirectory(prefix="nanogpt-gpu-", ignore_cleanup_errors=True) as scratch):
+        for name, args in GPU_SWEEP:
+            if cfg.only and name not in cfg.only:
+                continue
+            if args[0] == "train":
+                steps = cfg.steps * (10 if name.startswith("17m") else 1)
+                args = args + [f"--steps={steps}", "--warmup_steps=1",
+                               f"--tokens={max(2_000_000, 2 * (steps + 1) * TOKENS_124M)}"] + (quick if cfg.quick else [])
+            else:
+                args = args + [f"--work_dir={scratch}"] + (["--quick=True"] if cfg.quick else [])
+            args = args + [f"--device={cfg.device}"]
+            left = cfg.budget - (time.time() - t0)
+            row = {"name": name, "args": args}
+            if left < min(30.0, cfg.timeout):
+                row["error"] = f"skipped: {left:.0f} s left of the {cfg.budget:.0f} s budget"
+            else:
+                t = time.time()
+                result, error = run_one(name, args, min(cfg.timeout, left), log)
+                row.update(wall_seconds=round(time.time() - t, 1), **(result or {}), **({"error": error} if error else {}))
+            rows.append(row)
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(gpu_table_line(row), file=sys.stderr, flush=True)
     print(gpu_table(rows), file=sys.stderr)
-    return {"bench": "gpu", "out": path, "runs": [{k: r.get(k) for k in ("name", "tokens_per_sec", "mfu", "error")}
+    skipped = [r["name"] for r in rows if r.get("error", "").startswith("skipped")]
+    if skipped:
+        print(f"left to run: python bench.py gpu --out=$OUT --only {' '.join(skipped)}", file=sys.stderr)
+    return {"bench": "gpu", "out": path, "runs": [{k: r.get(k) for k in ("name", "tokens_per_sec", "mfu", "ok", "error")}
                                                   for r in rows]}
 
 
 def gpu_table_line(r):
     if "error" in r:
         return f"{r['name']:<16} {r['error']}"
+    if "check" in r:
+        return f"{r['name']:<16} {'ok' if r['ok'] else 'FAILED: ' + '; '.join(r['failures'])[:200]} ({r['wall_seconds']:.0f} s)"
     mfu = f"{r['mfu'] * 100:5.1f}%" if r.get("mfu") is not None else "    - "
     return (f"{r['name']:<16} {r['tokens_per_sec']:>12,.0f} {mfu} {r['step_seconds'] * 1000:>9.1f} "
             f"{r['compile_seconds']:>8.1f} {r['peak_memory_bytes'] / 2**30:>8.2f} {str(r['sdpa_kernel']):<20} "
@@ -329,7 +377,7 @@ def gpu_table_line(r):
 def gpu_table(rows):
     head = (f"{'run':<16} {'tokens/s':>12} {'MFU':>6} {'step ms':>9} {'compile':>8} {'peak GiB':>8} "
             f"{'attention':<20} {'wall s':>6}")
-    device = next((r.get("gpu") or r.get("cpu") for r in rows if "error" not in r), "?")
+    device = next((r.get("gpu") or r.get("cpu") for r in rows if "error" not in r and "check" not in r), "?")
     return "\n".join([f"device: {device}", head] + [gpu_table_line(r) for r in rows])
 
 
@@ -696,13 +744,15 @@ def checkpoint_run(cfg, mode, work_dir):
 
 COMMANDS = {"train": (TrainBench, bench_train), "gpu": (GpuBench, bench_gpu), "sample": (SampleBench, bench_sample),
             "prepare": (PrepareBench, bench_prepare), "recipes": (RecipesBench, bench_recipes),
-            "checkpoint": (CheckpointBench, bench_checkpoint)}
+            "checkpoint": (CheckpointBench, bench_checkpoint),
+            "check": (CheckBench, bench_check)}
 
 
 # what each command measures: `python bench.py --help` lists them
 MEASURES = {
     "train": "a training step of a config (train.py's keys follow): tokens/s, MFU, peak memory",
-    "gpu": "the GPU sweep: GPT-2 124M and 17.9M over micro-batch, attention, compile, padding (OUT/runs.jsonl)",
+    "gpu": "the GPU session: 124M and 17.9M speed over micro-batch, attention, compile, padding, and every check",
+    "check": "one GPU check of gpucheck.py (resume, float16, sample/eval, torchrun, host syncs, shakespeare_char)",
     "sample": "generation: tokens/s with the KV cache and with full recomputation",
     "prepare": "tokenization: tokens/s with 1 and N workers against a plain tiktoken loop; peak memory",
     "recipes": "each modern switch over seeds: val loss at equal steps and at equal time (docs/recipes.md)",

@@ -80,3 +80,43 @@ def test_recipes_bench_never_removes_a_folder_that_holds_more_than_a_run(tmp_pat
                                          "--max_iters=1"], capsys)
     assert_one_line_error(code, err, "notes.txt", "not a run's file")
     assert snapshot(tmp_path) == before
+
+
+def test_the_gpu_session_runs_speed_and_checks_at_a_toy_shape_into_two_files(tmp_path, capsys, monkeypatch):
+    """bench.py gpu --quick on a CPU: the one command a GPU session runs, end to end. Every run is a
+    process of its own; the figures land in runs.jsonl and every run's output in runs.log (a lent
+    machine gives back few files), and the checks' scratch folders are gone afterwards."""
+    import tempfile
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "out"
+    r = run_bench(["gpu", "--quick=True", "--device=cpu", f"--out={out}", "--only", "124m-pad", "cuda-paths",
+                   "torchrun", "sample-syncs", "pytest"], capsys)
+    assert [x["name"] for x in r["runs"]] == ["124m-pad", "cuda-paths", "torchrun", "sample-syncs", "pytest"]
+    assert sorted(os.listdir(out)) == ["runs.jsonl", "runs.log"] and os.listdir(scratch) == []
+    rows = {row["name"]: row for row in map(json.loads, (out / "runs.jsonl").read_text().splitlines())}
+    assert rows["124m-pad"]["tokens_per_sec"] > 0 and "error" not in rows["124m-pad"]
+    assert all(rows[n]["ok"] and rows[n]["failures"] == [] for n in ("cuda-paths", "torchrun", "sample-syncs", "pytest"))
+    paths = rows["cuda-paths"]
+    # float32 on a CPU: the resumed run is the uninterrupted one exactly, DDP on one process is one process
+    assert paths["resume_max_train_loss_difference"] == 0.0 and paths["resume_val_loss_difference"] == 0.0
+    assert rows["torchrun"]["ddp_max_train_loss_difference"] == 0.0
+    assert paths["sample_chars"] > 0 and paths["eval"]["bits_per_byte"] > 0
+    assert len(paths["float16_resume_losses"]) == 4 and rows["pytest"]["summary"].endswith(tuple("0123456789s"))
+    log = (out / "runs.log").read_text()
+    assert all(f"===== {n}: python bench.py" in log for n in rows) and "$ " in log
+
+
+def test_a_check_names_the_command_that_failed_and_why(tmp_path):
+    import math
+    import gpucheck
+    c = gpucheck.Check("cpu", quick=True, work_dir=str(tmp_path))
+    code, _ = c.python("train.py", "--no_such_key=1", what="a mistake")
+    assert code == 2 and len(c.failures) == 1
+    assert c.failures[0].startswith("a mistake: exit 2: error:") and "no_such_key" in c.failures[0]
+    assert gpucheck.max_difference({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.5}, [1, 2, 3]) == 0.5
+    assert gpucheck.max_difference({1: float("nan")}, {1: 1.0}, [1]) == math.inf
+    assert gpucheck.max_difference({1: 1.0}, {2: 1.0}, [1, 2]) is None
+    c.close()
+    assert os.listdir(tmp_path) == []
