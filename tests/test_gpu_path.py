@@ -69,7 +69,7 @@ def test_gpu_sweep_runs_each_config_in_its_own_process(tmp_path, capsys):
     assert r["name"] == "17m-mb64" and summary["runs"][0]["tokens_per_sec"] == r["tokens_per_sec"] > 0
     assert "error" not in r and r["sdpa_kernel"] and r["torch"] == torch.__version__ and r["peak_memory_bytes"] > 0
     assert r["vocab_rows"] == 1024 and r["config"]["batch_size"] == 64  # padded 1000 -> 1024; its micro-batch
-    assert (out / "17m-mb64.log").read_text()  # the run's own readable line
+    assert "===== 17m-mb64: python bench.py train" in (out / "runs.log").read_text()  # the run's output, headed
 
 
 def test_gpu_sweep_records_a_timeout_and_goes_on(tmp_path, capsys):
