@@ -32,9 +32,9 @@ class Check:
     def path(self, *names):
         return os.path.join(self.dir, *names)
 
-    def command(self, argv, env=None):
+    def command(self, argv, env=None, what=None):
         """Run argv in the repository; its output goes to stderr as it comes (the sweep's log) and is
-        returned with the exit code."""
+        returned with the exit code. With `what`, a non-zero exit is a failure of that name."""
         print(f"$ {' '.join(argv)}", file=sys.stderr, flush=True)
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -43,28 +43,27 @@ class Check:
             sys.stderr.write(line)
             lines.append(line)
         sys.stderr.flush()
-        return proc.wait(), "".join(lines)
+        code, out = proc.wait(), "".join(lines)
+        if what and code != 0:
+            self.fail(f"{what}: exit {code}: {last_line(out)}")
+        return code, out
 
     def python(self, script, *args, env=None, what=None):
         """python SCRIPT ARGS; a non-zero exit is a failure named `what` (the script by default)."""
-        code, out = self.command([sys.executable, script, *args], env=env)
-        if code != 0:
-            self.fail(f"{what or script}: exit {code}: {last_line(out)}")
-        return code, out
+        return self.command([sys.executable, script, *args], env=env, what=what or script)
 
     def torchrun(self, *args, env=None, what="torchrun"):
-        code, out = self.command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                                  "train.py", *args], env=env)
-        if code != 0:
-            self.fail(f"{what}: exit {code}: {last_line(out)}")
-        return code, out
+        """torchrun --standalone --nproc_per_node=1 train.py ARGS."""
+        return self.command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                             "train.py", *args], env=env, what=what)
 
     def fail(self, message):
         print(f"FAILED: {message}", file=sys.stderr, flush=True)
         self.failures.append(message[:300])
 
     def char_data(self):
-        """data/shakespeare_char under the scratch folder, from the text the repository carries."""
+        """train.py's arguments for data/shakespeare_char under the scratch folder (prepared once, from the
+        text the repository carries) on the check's device, with no plot and no wandb."""
         if not self.prepared:
             self.python("prepare.py", "--input", os.path.join("assets", "tinyshakespeare.txt"), "--tokenizer=char",
                         "--name=shakespeare_char", f"--data_root={self.path('data')}", "--num_proc=1")
@@ -104,40 +103,41 @@ def max_difference(a, b, iters):
 # ---------------------------------------------------------------------------------------------
 # the checks: each takes a Check and returns its figures
 
-def char_speed(c, config):
-    """config/shakespeare_char*.py to its target: the val-loss curve against time, and when it first
-    reaches CHAR_TARGET (interpolated between evals; 'time' counts from the first step, compile and
-    evals included)."""
+def char_speed(c, config, iters):
+    """config/shakespeare_char*.py to its target over `iters` steps: the val-loss curve against time,
+    and when it first reaches CHAR_TARGET (interpolated between evals; 'time' counts from the first
+    step, compile and evals included)."""
+    import statistics
     from bench import first_reach
     out = c.path("run")
-    iters = {"config/shakespeare_char.py": 5000, "config/shakespeare_char_modern.py": 3000}[config]
+    iters = 20 if c.quick else iters
     args = [config, *c.char_data(), f"--out_dir={out}", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
             "--sample_tokens=0", "--log_interval=50"]
     if c.quick:
-        iters = 20
-        args += ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", f"--max_iters={iters}",
-                 f"--lr_decay_iters={iters}", "--eval_interval=10", "--eval_iters=2", "--warmup_iters=2"]
+        args += ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
+                 "--eval_interval=10", "--eval_iters=2", "--warmup_iters=2"]
     t = time.time()
     code, _ = c.python("train.py", *args)
     wall = time.time() - t
-    evals = [{k: e[k] for k in ("iter", "time", "val_loss")} for e in events(out) if "val_loss" in e]
-    train = [e for e in events(out) if "tokens_per_sec" in e]
+    logged = events(out)
+    evals = [{k: e[k] for k in ("iter", "time", "val_loss")} for e in logged if "val_loss" in e]
+    speeds = [e["tokens_per_sec"] for e in logged if "tokens_per_sec" in e]
     reach = first_reach(evals, CHAR_TARGET)
     if code == 0 and not evals:
         c.fail("no eval in metrics.jsonl")
     return {"config": config, "max_iters": iters, "target": CHAR_TARGET, "evals": evals,
             "best_val": min((e["val_loss"] for e in evals), default=None),
             "reached_at": None if reach is None else {"iter": round(reach[0]), "seconds": round(reach[1], 1)},
-            "tokens_per_sec_median": sorted(e["tokens_per_sec"] for e in train)[len(train) // 2] if train else None,
+            "tokens_per_sec_median": statistics.median(speeds) if speeds else None,
             "process_seconds": round(wall, 1)}
 
 
 def check_char_modern(c):
-    return char_speed(c, "config/shakespeare_char_modern.py")
+    return char_speed(c, "config/shakespeare_char_modern.py", 3000)
 
 
 def check_char_classic(c):
-    return char_speed(c, "config/shakespeare_char.py")
+    return char_speed(c, "config/shakespeare_char.py", 5000)  # nanoGPT's schedule
 
 
 def small_char(c, out, **keys):
@@ -259,11 +259,8 @@ def check_pytest(c):
     """The tests of the paths a GPU changes, on the GPU machine's own torch (--quick: one fast file)."""
     files = ["tests/test_layout.py"] if c.quick else \
         ["tests/test_gpu_path.py", "tests/test_generate.py", "tests/test_model.py", "tests/test_distributed.py"]
-    code, out = c.command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files])
-    summary = last_line(out)
-    if code != 0:
-        c.fail(f"pytest: {summary}")
-    return {"files": files, "summary": summary}
+    _, out = c.command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], what="pytest")
+    return {"files": files, "summary": last_line(out)}
 
 
 CHECKS = {"char-modern": check_char_modern, "cuda-paths": check_cuda_paths, "torchrun": check_torchrun,

@@ -103,7 +103,7 @@ def test_the_gpu_session_runs_speed_and_checks_at_a_toy_shape_into_two_files(tmp
     assert paths["resume_max_train_loss_difference"] == 0.0 and paths["resume_val_loss_difference"] == 0.0
     assert rows["torchrun"]["ddp_max_train_loss_difference"] == 0.0
     assert paths["sample_chars"] > 0 and paths["eval"]["bits_per_byte"] > 0
-    assert len(paths["float16_resume_losses"]) == 4 and rows["pytest"]["summary"].endswith(tuple("0123456789s"))
+    assert len(paths["float16_resume_losses"]) == 4 and " passed" in rows["pytest"]["summary"]
     log = (out / "runs.log").read_text()
     assert all(f"===== {n}: python bench.py" in log for n in rows) and "$ " in log
 
@@ -120,3 +120,11 @@ def test_a_check_names_the_command_that_failed_and_why(tmp_path):
     assert gpucheck.max_difference({1: 1.0}, {2: 1.0}, [1, 2]) is None
     c.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_an_unknown_check_or_sweep_name_is_one_line_naming_the_choices(capsys):
+    from conftest import assert_one_line_error, run_main
+    code, _, err = run_main(bench.main, ["check", "--name=cuda-path"], capsys)
+    assert_one_line_error(code, err, "cuda-path", "cuda-paths")
+    code, _, err = run_main(bench.main, ["gpu", "--only", "124m", "char"], capsys)
+    assert_one_line_error(code, err, "'char'", "char-modern")
